@@ -1,0 +1,240 @@
+"""Run-time arguments: what shapes, dtypes and strides a descriptor expects, checked once.
+
+`bind_arguments` turns the keyword arguments of `plan.run` into a `BoundArguments` of
+`Tensor` views, raising `InvalidArguments` naming the first argument that does not fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+import numpy as np
+
+from .descriptor import AttentionDescriptor
+from .dtypes import lse_dtype, output_dtype
+from .errors import InvalidArguments
+from .interop import Tensor, as_host_index, as_tensor
+
+FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
+                     "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
+                     "stream")
+BACKWARD_ARGUMENTS = FORWARD_ARGUMENTS + ("dout",)
+_INDEX_ARGUMENTS = ("cu_seqlens_q", "cu_seqlens_kv", "block_table", "seqlens_kv")
+
+
+@attrs.frozen(eq=False)
+class BoundArguments:
+    """Checked arguments.  Tensors are views of the caller's arrays; `lengths` holds host
+    copies of the per-sequence lengths when they were read (value checks)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    out: Optional[Tensor] = None
+    lse: Optional[Tensor] = None
+    dout: Optional[Tensor] = None
+    alibi_slopes: Optional[Tensor] = None
+    sink_logits: Optional[Tensor] = None
+    cu_seqlens_q: Optional[Tensor] = None
+    cu_seqlens_kv: Optional[Tensor] = None
+    block_table: Optional[Tensor] = None
+    seqlens_kv: Optional[Tensor] = None
+    dropout_seed: int = 0
+    workspace: Optional[Tensor] = None
+    stream: Any = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.q.is_cuda
+
+
+def _sequence_dims(desc: AttentionDescriptor, role: str) -> tuple:
+    """The leading dims of q-like ('q') and kv-like ('kv') tensors, None = free."""
+    heads = desc.heads_q if role == "q" else desc.heads_kv
+    seqlen = desc.seqlen_q if role == "q" else desc.seqlen_kv
+    if role == "kv" and desc.paged is not None:
+        return (None, desc.paged.page_size, heads)
+    if desc.layout == "thd":
+        return (None, heads)
+    if desc.layout == "bhsd":
+        return (desc.batch, heads, seqlen)
+    return (desc.batch, seqlen, heads)
+
+
+def expected_shapes(desc: AttentionDescriptor) -> dict[str, tuple]:
+    """Shape of every array argument for `desc` (None marks a dimension that is free)."""
+    q_dims, kv_dims = _sequence_dims(desc, "q"), _sequence_dims(desc, "kv")
+    shapes = {
+        "q": q_dims + (desc.head_dim,),
+        "k": kv_dims + (desc.head_dim,),
+        "v": kv_dims + (desc.head_dim_v,),
+        "out": q_dims + (desc.head_dim_v,),
+        "dout": q_dims + (desc.head_dim_v,),
+        "lse": (desc.heads_q, None) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q),
+        "sink_logits": (desc.heads_q,),
+        "cu_seqlens_q": (desc.batch + 1,),
+        "cu_seqlens_kv": (desc.batch + 1,),
+        "seqlens_kv": (desc.batch,),
+    }
+    if desc.paged is not None:
+        shapes["block_table"] = (desc.batch, desc.paged.max_pages_per_seq)
+    return shapes
+
+
+def _shape_matches(shape: tuple, expected: tuple) -> bool:
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def _describe(expected: tuple) -> str:
+    return "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
+
+
+def _check(name: str, t: Tensor, shape: tuple, dtypes: tuple, on_cuda: bool, device_index: int):
+    if not _shape_matches(t.shape, shape):
+        raise InvalidArguments(name, f"has shape {list(t.shape)}, expected {_describe(shape)}")
+    if t.dtype not in dtypes:
+        raise InvalidArguments(name, f"has dtype {t.dtype}, expected {' or '.join(dtypes)}")
+    if t.is_cuda != on_cuda or (on_cuda and t.device_index != device_index):
+        where = f"cuda:{t.device_index}" if t.is_cuda else "the host"
+        want = f"cuda:{device_index}" if on_cuda else "the host"
+        raise InvalidArguments(name, f"lives on {where}, expected {want} like q")
+    if t.data.ndim and t.shape[-1] > 1 and t.strides[-1] != 1:
+        raise InvalidArguments(name, f"has innermost stride {t.strides[-1]}; the last dimension must be contiguous")
+    if any(s < 0 for s in t.strides):
+        raise InvalidArguments(name, "has a negative stride")
+
+
+def _required(desc: AttentionDescriptor, direction: str) -> dict[str, bool]:
+    paged = desc.paged is not None
+    return {
+        "alibi_slopes": desc.alibi,
+        "sink_logits": desc.sink_logits,
+        "cu_seqlens_q": desc.varlen,
+        "cu_seqlens_kv": desc.varlen and not paged,
+        "block_table": paged,
+        "seqlens_kv": paged,
+        "out": direction == "backward",
+        "lse": direction == "backward",
+        "dout": direction == "backward",
+    }
+
+
+def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: bool = True) -> BoundArguments:
+    """Check `kwargs` against `desc` and return them bound; raise InvalidArguments otherwise."""
+    allowed = BACKWARD_ARGUMENTS if desc.direction == "backward" else FORWARD_ARGUMENTS
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise InvalidArguments(unknown[0], f"is not a {desc.direction} argument (allowed: {', '.join(allowed)})")
+    for name in ("q", "k", "v"):
+        if kwargs.get(name) is None:
+            raise InvalidArguments(name, "is required")
+    required = _required(desc, desc.direction)
+    for name, needed in required.items():
+        given = kwargs.get(name) is not None
+        if needed and not given:
+            raise InvalidArguments(name, f"is required for this descriptor ({_why_required(name, desc)})")
+        if given and not needed and name not in ("out", "lse"):
+            raise InvalidArguments(name, f"is given but the descriptor does not use it ({_why_required(name, desc)})")
+
+    q = as_tensor(kwargs["q"], "q")
+    on_cuda, index = q.is_cuda, q.device_index
+    shapes = expected_shapes(desc)
+    out_dt, lse_dt = output_dtype(desc.dtype), lse_dtype(desc.dtype)
+    dtypes = {"q": (desc.dtype,), "k": (desc.dtype,), "v": (desc.dtype,), "out": (out_dt,),
+              "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",),
+              "cu_seqlens_q": ("i32",), "cu_seqlens_kv": ("i32",), "block_table": ("i32",),
+              "seqlens_kv": ("i32",)}
+    bound: dict[str, Any] = {}
+    for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS:
+        if kwargs.get(name) is None:
+            continue
+        t = q if name == "q" else as_tensor(kwargs[name], name)
+        _check(name, t, shapes[name], dtypes[name], on_cuda, index)
+        bound[name] = t
+    _check_matching_totals(desc, bound)
+    if desc.alibi:
+        bound["alibi_slopes"] = _check_alibi(desc, as_tensor(kwargs["alibi_slopes"], "alibi_slopes"), on_cuda, index)
+    bound["dropout_seed"] = _check_seed(desc, kwargs.get("dropout_seed"))
+    if kwargs.get("workspace") is not None:
+        bound["workspace"] = as_tensor(kwargs["workspace"], "workspace")
+    bound["stream"] = kwargs.get("stream")
+    if check_values:
+        check_index_values(desc, bound)
+    return BoundArguments(**bound)
+
+
+def _why_required(name: str, desc: AttentionDescriptor) -> str:
+    return {
+        "alibi_slopes": f"alibi={desc.alibi}",
+        "sink_logits": f"sink_logits={desc.sink_logits}",
+        "cu_seqlens_q": f"varlen={desc.varlen}",
+        "cu_seqlens_kv": f"varlen={desc.varlen}, paged={desc.paged is not None}",
+        "block_table": f"paged={desc.paged}",
+        "seqlens_kv": f"paged={desc.paged}",
+        "out": f"direction={desc.direction!r}",
+        "lse": f"direction={desc.direction!r}",
+        "dout": f"direction={desc.direction!r}",
+    }[name]
+
+
+def _check_matching_totals(desc: AttentionDescriptor, bound: dict) -> None:
+    """Free dimensions that must agree between tensors (token totals, page counts)."""
+    pairs = [("k", "v", 0)]
+    if desc.layout == "thd":
+        pairs += [("q", "out", 0), ("q", "dout", 0)]
+    for a, b, axis in pairs:
+        if a in bound and b in bound and bound[a].shape[axis] != bound[b].shape[axis]:
+            raise InvalidArguments(b, f"has {bound[b].shape[axis]} rows in dim {axis}, {a} has {bound[a].shape[axis]}")
+    if desc.layout == "thd" and "lse" in bound and bound["lse"].shape[1] != bound["q"].shape[0]:
+        raise InvalidArguments("lse", f"has shape {list(bound['lse'].shape)}, expected [{desc.heads_q}, {bound['q'].shape[0]}]")
+
+
+def _check_alibi(desc: AttentionDescriptor, t: Tensor, on_cuda: bool, index: int) -> Tensor:
+    shape = (desc.heads_q,) if t.data.ndim == 1 else (desc.batch, desc.heads_q)
+    _check("alibi_slopes", t, shape, ("f32",), on_cuda, index)
+    return t
+
+
+def _check_seed(desc: AttentionDescriptor, seed) -> int:
+    if desc.dropout_p == 0:
+        if seed is not None:
+            raise InvalidArguments("dropout_seed", "is given but dropout_p is 0")
+        return 0
+    if seed is None:
+        raise InvalidArguments("dropout_seed", "is required when dropout_p > 0 (the backward pass must reuse it)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+        raise InvalidArguments("dropout_seed", f"is {seed!r}; expected an integer in [0, 2**64)")
+    return int(seed)
+
+
+def _lengths(cu: np.ndarray, name: str, total: int, max_len: int) -> np.ndarray:
+    if cu[0] != 0 or np.any(np.diff(cu.astype(np.int64)) < 0):
+        raise InvalidArguments(name, "must start at 0 and never decrease")
+    if cu[-1] != total:
+        raise InvalidArguments(name, f"ends at {int(cu[-1])}, but the tensor holds {total} rows")
+    lengths = np.diff(cu.astype(np.int64))
+    if lengths.max(initial=0) > max_len:
+        raise InvalidArguments(name, f"has a sequence of length {int(lengths.max())} > the descriptor's max {max_len}")
+    return lengths
+
+
+def check_index_values(desc: AttentionDescriptor, bound: dict) -> None:
+    """Value checks of index arrays (reads them to the host: one small copy each)."""
+    if desc.varlen:
+        _lengths(as_host_index(bound["cu_seqlens_q"], "cu_seqlens_q"), "cu_seqlens_q",
+                 bound["q"].shape[0], desc.seqlen_q)
+        if desc.paged is None:
+            _lengths(as_host_index(bound["cu_seqlens_kv"], "cu_seqlens_kv"), "cu_seqlens_kv",
+                     bound["k"].shape[0], desc.seqlen_kv)
+    if desc.paged is not None:
+        seqlens = as_host_index(bound["seqlens_kv"], "seqlens_kv").astype(np.int64)
+        if np.any(seqlens < 0) or np.any(seqlens > desc.seqlen_kv):
+            raise InvalidArguments("seqlens_kv", f"values must lie in [0, {desc.seqlen_kv}] (seqlen_kv)")
+        table = as_host_index(bound["block_table"], "block_table").astype(np.int64)
+        pages_needed = -(-seqlens // desc.paged.page_size)
+        num_pages = bound["k"].shape[0]
+        for b, used in enumerate(pages_needed):
+            row = table[b, :used]
+            if np.any(row < 0) or np.any(row >= num_pages):
+                raise InvalidArguments("block_table", f"row {b} names a page outside [0, {num_pages})")

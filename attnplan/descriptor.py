@@ -1,0 +1,185 @@
+"""`AttentionDescriptor`: the immutable, validated description of one attention problem."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import attrs
+
+from .dtypes import DTYPE_NAMES, FP8_DTYPES
+from .errors import InvalidDescriptor
+
+MAX_HEAD_DIM = 256
+LAYOUTS = ("bshd", "bhsd", "thd")
+CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
+DIRECTIONS = ("forward", "backward")
+
+
+# -- small validators: each raises InvalidDescriptor naming the field ---------------------------
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int):
+    def check(_, attribute, value):
+        if not _is_int(value) or value < low:
+            raise InvalidDescriptor(attribute.name, value, f"an integer >= {low}")
+    return check
+
+
+def _int_between(low: int, high: int):
+    def check(_, attribute, value):
+        if not _is_int(value) or not low <= value <= high:
+            raise InvalidDescriptor(attribute.name, value, f"an integer in [{low}, {high}]")
+    return check
+
+
+def _one_of(allowed: tuple):
+    def check(_, attribute, value):
+        if value not in allowed:
+            raise InvalidDescriptor(attribute.name, value, f"one of {', '.join(map(repr, allowed))}")
+    return check
+
+
+def _boolean(_, attribute, value):
+    if not isinstance(value, bool):
+        raise InvalidDescriptor(attribute.name, value, "True or False")
+
+
+def _finite_float(low: float = -math.inf, high: float = math.inf, *, closed_high=True, what=None):
+    def check(_, attribute, value):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and low <= value and (value <= high if closed_high else value < high)
+        if not ok:
+            bracket = "]" if closed_high else ")"
+            raise InvalidDescriptor(attribute.name, value, what or f"a finite number in [{low}, {high}{bracket}")
+    return check
+
+
+def _window_pair(value):
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _window_valid(_, attribute, value):
+    if not (isinstance(value, tuple) and len(value) == 2 and all(_is_int(v) and v >= -1 for v in value)):
+        raise InvalidDescriptor(attribute.name, value, "a pair (left, right) of integers >= -1 (-1 = unbounded)")
+
+
+@attrs.frozen
+class PagedKV:
+    """A paged KV cache: caches of `[num_pages, page_size, heads_kv, dim]` and a block table."""
+
+    page_size: int = attrs.field(validator=_int_at_least(1))
+    max_pages_per_seq: int = attrs.field(validator=_int_at_least(1))
+
+
+def _paged_valid(_, attribute, value):
+    if value is not None and not isinstance(value, PagedKV):
+        raise InvalidDescriptor(attribute.name, value, "None or attnplan.PagedKV(page_size, max_pages_per_seq)")
+
+
+@attrs.frozen(kw_only=True)
+class AttentionDescriptor:
+    """Everything that decides which kernel may run an attention problem.
+
+    For varlen (`layout="thd"`), `seqlen_q` / `seqlen_kv` are the maximum sequence lengths.
+    For paged KV, `seqlen_kv` is the maximum key length of a sequence.
+    """
+
+    batch: int = attrs.field(validator=_int_at_least(1))
+    seqlen_q: int = attrs.field(validator=_int_at_least(1))
+    seqlen_kv: int = attrs.field(validator=_int_at_least(1))
+    heads_q: int = attrs.field(validator=_int_at_least(1))
+    heads_kv: int = attrs.field(validator=_int_at_least(1))
+    head_dim: int = attrs.field(validator=_int_between(1, MAX_HEAD_DIM))
+    head_dim_v: int = attrs.field(validator=_int_between(1, MAX_HEAD_DIM))
+    dtype: str = attrs.field(default="bf16", validator=_one_of(DTYPE_NAMES))
+    layout: str = attrs.field(default="bshd", validator=_one_of(LAYOUTS))
+    scale: float = attrs.field(validator=_finite_float(what="a finite number"))
+    causal: bool = attrs.field(default=False, validator=_boolean)
+    causal_alignment: str = attrs.field(default="bottom_right", validator=_one_of(CAUSAL_ALIGNMENTS))
+    window: tuple = attrs.field(default=(-1, -1), converter=_window_pair, validator=_window_valid)
+    sink_tokens: int = attrs.field(default=0, validator=_int_at_least(0))
+    sink_logits: bool = attrs.field(default=False, validator=_boolean)
+    alibi: bool = attrs.field(default=False, validator=_boolean)
+    softcap: float = attrs.field(default=0.0, validator=_finite_float(0.0))
+    dropout_p: float = attrs.field(default=0.0, validator=_finite_float(0.0, 1.0, closed_high=False))
+    varlen: bool = attrs.field(validator=_boolean)
+    paged: Optional[PagedKV] = attrs.field(default=None, validator=_paged_valid)
+    return_lse: bool = attrs.field(default=False, validator=_boolean)
+    deterministic: bool = attrs.field(default=False, validator=_boolean)
+    direction: str = attrs.field(default="forward", validator=_one_of(DIRECTIONS))
+
+    @head_dim_v.default
+    def _head_dim_v_default(self):
+        return self.head_dim
+
+    @scale.default
+    def _scale_default(self):
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @varlen.default
+    def _varlen_default(self):
+        return self.layout == "thd"
+
+    def __attrs_post_init__(self):
+        if self.heads_q % self.heads_kv:
+            raise InvalidDescriptor("heads_kv", self.heads_kv,
+                                    f"a divisor of heads_q={self.heads_q} (heads_q % heads_kv must be 0)")
+        if self.varlen != (self.layout == "thd"):
+            raise InvalidDescriptor("varlen", self.varlen,
+                                    f"{self.layout == 'thd'} for layout={self.layout!r} (varlen means layout 'thd')")
+        left, right = self.window
+        if self.causal and right > 0:
+            raise InvalidDescriptor("window", self.window,
+                                    "a right side of -1 or 0 with causal=True (causality already bounds it)")
+        if self.sink_tokens and left < 0:
+            raise InvalidDescriptor("sink_tokens", self.sink_tokens,
+                                    "0 unless the window has a left bound (sink tokens only matter past it)")
+        if self.paged is not None:
+            if self.layout == "bhsd":
+                raise InvalidDescriptor("layout", self.layout, "'bshd' or 'thd' with paged KV")
+            if self.paged.page_size * self.paged.max_pages_per_seq < self.seqlen_kv:
+                raise InvalidDescriptor(
+                    "paged", self.paged,
+                    f"page_size * max_pages_per_seq >= seqlen_kv={self.seqlen_kv}")
+        if self.direction == "backward":
+            if self.dtype in FP8_DTYPES:
+                raise InvalidDescriptor("direction", self.direction, "'forward' for fp8 dtypes (no fp8 backward)")
+            if self.paged is not None:
+                raise InvalidDescriptor("direction", self.direction, "'forward' with paged KV (no paged backward)")
+
+    # -- derived facts -------------------------------------------------------------------------
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per kv head (1 = MHA, heads_q = MQA)."""
+        return self.heads_q // self.heads_kv
+
+    @property
+    def has_window(self) -> bool:
+        return self.window != (-1, -1)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.dtype in FP8_DTYPES
+
+    def replace(self, **changes) -> "AttentionDescriptor":
+        return attrs.evolve(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = attrs.asdict(self, recurse=True)
+        data["window"] = list(self.window)
+        return data
+
+    def flops(self) -> float:
+        """FLOPs by the usual convention: 4*b*h*sq*skv*d, halved for causal, x2.5 backward."""
+        head_dim_mean = (self.head_dim + self.head_dim_v) / 2
+        total = 4.0 * self.batch * self.heads_q * self.seqlen_q * self.seqlen_kv * head_dim_mean
+        if self.causal:
+            total /= 2
+        return total * (2.5 if self.direction == "backward" else 1.0)

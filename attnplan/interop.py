@@ -1,0 +1,182 @@
+"""Zero-copy views of caller arrays (NumPy, CuPy, PyTorch, any DLPack or CUDA-array-interface
+object), the float conversions the reference needs, and the way back to the caller's type.
+
+On the GPU, bf16 and fp8 are kept as raw 16/8-bit integer storage: we never depend on the array
+library knowing those types, and the kernels only need pointers.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .dtypes import HOST_DTYPES, dtype_name
+from .errors import InvalidArguments
+
+_RAW_STORAGE = {"bf16": np.uint16, "e4m3": np.uint8, "e5m2": np.uint8, "f16": np.float16,
+                "f32": np.float32, "f64": np.float64}
+_INDEX_DTYPES = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+
+
+def _cupy():
+    import cupy
+    return cupy
+
+
+@attrs.frozen(eq=False)
+class Tensor:
+    """A caller array seen as (storage array, logical dtype, where it came from)."""
+
+    data: Any                  # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
+    dtype: str                 # "f16", "bf16", ..., or "i32"/"i64" for index arrays, or "other:<x>"
+    origin: str                # "numpy", "cupy", "torch", "dlpack"
+    source: Any = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return type(self.data).__module__.startswith("cupy")
+
+    @property
+    def xp(self):
+        return _cupy() if self.is_cuda else np
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def strides(self) -> tuple:
+        """Strides in elements."""
+        item = self.data.dtype.itemsize
+        return tuple(s // item for s in self.data.strides)
+
+    @property
+    def ptr(self) -> int:
+        return int(self.data.data.ptr) if self.is_cuda else int(self.data.ctypes.data)
+
+    @property
+    def device_index(self) -> int:
+        return int(self.data.device.id) if self.is_cuda else -1
+
+
+def _logical_dtype(np_dtype) -> str:
+    np_dtype = np.dtype(np_dtype)
+    if np_dtype in _INDEX_DTYPES:
+        return _INDEX_DTYPES[np_dtype]
+    return dtype_name(np_dtype) or f"other:{np_dtype}"
+
+
+def _from_torch(x, name: str) -> Tensor:
+    import torch
+    logical = dtype_name(x.dtype) or _logical_dtype(str(x.dtype).removeprefix("torch."))
+    raw = {"bf16": torch.int16, "e4m3": torch.uint8, "e5m2": torch.uint8}.get(logical)
+    storage = x.view(raw) if raw is not None else x
+    if x.is_cuda:
+        data = _cupy().from_dlpack(storage.detach())
+        if raw is torch.int16:
+            data = data.view(np.uint16)
+    else:
+        data = storage.detach().numpy()
+        if raw is not None:
+            data = data.view(HOST_DTYPES[logical])
+    return Tensor(data, logical, "torch", x)
+
+
+def as_tensor(x, name: str) -> Tensor:
+    """View `x` without copying; raise InvalidArguments naming `name` for anything else."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return Tensor(x, _logical_dtype(x.dtype), "numpy", x)
+    module = type(x).__module__
+    if module.startswith("cupy"):
+        return Tensor(x, _logical_dtype(x.dtype), "cupy", x)
+    if module.startswith("torch"):
+        return _from_torch(x, name)
+    if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"):
+        try:
+            cp = _cupy()
+            data = cp.from_dlpack(x) if hasattr(x, "__dlpack__") else cp.asarray(x)
+        except Exception as exc:
+            raise InvalidArguments(name, f"could not be viewed through DLPack: {exc}") from exc
+        return Tensor(data, _logical_dtype(data.dtype), "dlpack", x)
+    raise InvalidArguments(
+        name, f"is a {type(x).__name__}; expected a NumPy, CuPy, PyTorch or DLPack array")
+
+
+def as_host_index(x, name: str) -> np.ndarray:
+    """A small index array (cu_seqlens, block tables) copied to the host for value checks."""
+    t = as_tensor(x, name)
+    return _cupy().asnumpy(t.data) if t.is_cuda else np.asarray(t.data)
+
+
+# -- float conversions (the reference computes in f64 or f32) -----------------------------------
+
+def to_float(t: Tensor, compute: str):
+    """The values of `t` as f64 / f32 in its own array library."""
+    xp, target = t.xp, np.float64 if compute == "f64" else np.float32
+    data = t.data
+    if not t.is_cuda or t.dtype in ("f16", "f32", "f64"):
+        return data.astype(target)
+    if t.dtype == "bf16":
+        bits = data.view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(target)
+    if t.dtype in ("e4m3", "e5m2"):
+        table = np.arange(256, dtype=np.uint8).view(HOST_DTYPES[t.dtype]).astype(np.float64)
+        return xp.asarray(table.astype(target))[data.view(np.uint8)]
+    raise TypeError(f"cannot convert {t.dtype} to float")
+
+
+def from_float(values, dtype: str, xp):
+    """Round float values to `dtype` storage (round-to-nearest-even)."""
+    if xp is np or dtype not in ("bf16",) and dtype not in ("e4m3", "e5m2"):
+        host = HOST_DTYPES[dtype] if xp is np else _RAW_STORAGE[dtype]
+        return values.astype(host)
+    if dtype == "bf16":
+        bits = values.astype(np.float32).view(np.uint32)
+        rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
+        nan = xp.isnan(values)
+        return xp.where(nan, 0x7FC0, rounded).astype(np.uint16)
+    host = xp.asnumpy(values).astype(HOST_DTYPES[dtype])  # fp8 outputs are rare: round on host
+    return xp.asarray(host.view(np.uint8))
+
+
+def empty(shape, dtype: str, like: Tensor):
+    """Uninitialised storage for `dtype` on the same device as `like`."""
+    if like.is_cuda:
+        cp = _cupy()
+        with cp.cuda.Device(like.device_index):
+            return cp.empty(shape, dtype=_RAW_STORAGE.get(dtype, dtype))
+    return np.empty(shape, dtype=HOST_DTYPES[dtype])
+
+
+def wrap_storage(data, dtype: str, origin: str = "internal") -> Tensor:
+    return Tensor(data, dtype, origin, None)
+
+
+def to_caller(storage, dtype: str, like: Tensor):
+    """Return `storage` (an array of `dtype`) in the array type the caller used for `like`."""
+    if like.origin == "torch":
+        import torch
+        if like.is_cuda:
+            raw = torch.from_dlpack(storage)
+        else:
+            narrow = {"bf16": np.int16, "e4m3": np.uint8, "e5m2": np.uint8}.get(dtype)
+            raw = torch.from_numpy(storage.view(narrow) if narrow is not None else storage)
+        target = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn,
+                  "e5m2": torch.float8_e5m2}.get(dtype)
+        return raw.view(target) if target is not None else raw
+    if like.origin == "dlpack":
+        top = sys.modules.get(type(like.source).__module__.split(".")[0])
+        converter = getattr(top, "from_dlpack", None) or getattr(getattr(top, "numpy", None), "from_dlpack", None)
+        if converter is not None and dtype not in ("bf16", "e4m3", "e5m2"):
+            return converter(storage)
+    if like.is_cuda and dtype in ("bf16", "e4m3", "e5m2"):
+        try:
+            return storage.view(HOST_DTYPES[dtype])
+        except Exception:  # this CuPy does not know the type: hand back the raw bits
+            return storage
+    return storage

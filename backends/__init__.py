@@ -1,0 +1,1 @@
+"""attnplan's backends, one folder each; importing a backend never needs a GPU library."""

@@ -1,0 +1,114 @@
+"""The reference backend: the executable definition of every feature (NumPy or CuPy)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+import attnplan
+from attnplan.backend import Backend, Executable
+from attnplan.capabilities import Capabilities
+from attnplan.descriptor import AttentionDescriptor
+from attnplan.device import Device
+from attnplan.interop import as_host_index, from_float, to_float
+from attnplan.sequences import kv_view, lse_view, q_view, spans
+from attnplan.sku import KernelSku, PrecisionGuarantee
+
+from .math import SequenceInputs, backward_sequence, forward_sequence
+
+COMPUTE_PRECISIONS = ("f64", "f32")
+
+
+def _array_library(device: Device):
+    if device.kind == "cuda":
+        import cupy
+        return cupy
+    return np
+
+
+class ReferenceExecutor:
+    """Runs the reference math over every sequence of a bound call."""
+
+    def __init__(self, desc: AttentionDescriptor, compute: str):
+        self.desc, self.compute = desc, compute
+
+    def _sequences(self, bound):
+        desc, xp = self.desc, bound.q.xp
+        index = {name: as_host_index(getattr(bound, name), name) if getattr(bound, name) is not None else None
+                 for name in ("cu_seqlens_q", "cu_seqlens_kv", "seqlens_kv", "block_table")}
+        q, k, v = (to_float(t, self.compute) for t in (bound.q, bound.k, bound.v))
+        slopes = to_float(bound.alibi_slopes, self.compute) if bound.alibi_slopes is not None else None
+        sinks = to_float(bound.sink_logits, self.compute) if bound.sink_logits is not None else None
+        for span in spans(desc, q.shape[0], k.shape[0], **index):
+            seq_slopes = None
+            if slopes is not None:
+                seq_slopes = slopes if slopes.ndim == 1 else slopes[span.index]
+            yield span, SequenceInputs(span.index, xp.ascontiguousarray(q_view(desc, q, span)),
+                                       kv_view(desc, k, span), kv_view(desc, v, span), seq_slopes, sinks)
+
+    def forward(self, bound, out, lse) -> None:
+        desc, xp = self.desc, bound.q.xp
+        for span, seq in self._sequences(bound):
+            seq_out, seq_lse = forward_sequence(desc, seq, bound.dropout_seed, xp)
+            q_view(desc, out.data, span)[...] = from_float(seq_out, out.dtype, xp)
+            if lse is not None:
+                lse_view(desc, lse.data, span)[...] = seq_lse.astype(lse.data.dtype)
+
+    def backward(self, bound, dq, dk, dv, dsink) -> None:
+        desc, xp = self.desc, bound.q.xp
+        dout = to_float(bound.dout, self.compute)
+        dk_total = xp.zeros(dk.shape, dtype=dout.dtype)
+        dv_total = xp.zeros(dv.shape, dtype=dout.dtype)
+        dsink_total = xp.zeros(desc.heads_q, dtype=dout.dtype)
+        for span, seq in self._sequences(bound):
+            grads = backward_sequence(desc, seq, xp.ascontiguousarray(q_view(desc, dout, span)),
+                                      bound.dropout_seed, xp)
+            q_view(desc, dq.data, span)[...] = from_float(grads[0], dq.dtype, xp)
+            kv_view(desc, dk_total, span)[...] += grads[1]
+            kv_view(desc, dv_total, span)[...] += grads[2]
+            dsink_total += grads[3]
+        dk.data[...] = from_float(dk_total, dk.dtype, xp)
+        dv.data[...] = from_float(dv_total, dv.dtype, xp)
+        if dsink is not None:
+            dsink.data[...] = dsink_total.astype(dsink.data.dtype)
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda"}))
+
+    def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        if device.kind == "cuda":
+            try:
+                import cupy  # noqa: F401
+            except ImportError:
+                return ["CuPy is not installed (pip install attnplan[cuda12] or [cuda13])"]
+        return []
+
+    def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
+        library = "cupy" if device.kind == "cuda" else "numpy"
+        return f"reference_{library}_{desc.direction}"
+
+    def library_versions(self) -> dict:
+        versions = {"numpy": np.__version__}
+        try:
+            import cupy
+            versions["cupy"] = cupy.__version__
+        except ImportError:
+            pass
+        return versions
+
+    def build(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> Executable:
+        compute = (config or {}).get("compute", "f64")
+        if compute not in COMPUTE_PRECISIONS:
+            raise ValueError(f"reference config compute={compute!r} is invalid: one of {COMPUTE_PRECISIONS}")
+        precision = PrecisionGuarantee(math_precision=compute, accumulator=compute,
+                                       deterministic=True, bit_stable=False)
+        sku = KernelSku(backend=self.name, kernel=self.kernel_name(desc, device), arch=device.arch_name,
+                        dtype=desc.dtype, precision=precision, config={"compute": compute},
+                        workspace_bytes=0,
+                        versions={"attnplan": attnplan.__version__, **self.library_versions()},
+                        notes="float64 reference unless pinned to compute=f32")
+        executor = ReferenceExecutor(desc, compute)
+        return Executable(sku=sku, workspace_size=0, forward=executor.forward, backward=executor.backward)

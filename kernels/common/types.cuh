@@ -1,0 +1,59 @@
+// Element type of q, k, v and out, chosen at compile time, plus the few conversions the kernels need.
+//
+// Self-contained on purpose: NVRTC 13.5 ships no built-in cuda_fp16.h / cuda_bf16.h, and the kernels
+// only move 16-bit values between memories and round fp32 pairs to 16-bit pairs (one PTX instruction),
+// so the storage types below are all they need.  No include path to a CUDA toolkit is required.
+#pragma once
+
+#ifndef ATTN_DTYPE_BF16
+#define ATTN_DTYPE_BF16 0
+#endif
+
+namespace attn {
+
+// 16-bit storage types; bit patterns are those of IEEE binary16 / bfloat16.
+struct alignas(2) half_t { unsigned short bits; };
+struct alignas(2) bfloat16_t { unsigned short bits; };
+
+#if ATTN_DTYPE_BF16
+using elem_t = bfloat16_t;
+#define ATTN_PTX_ELEM "bf16"  // operand type name in mma / cvt PTX
+#else
+using elem_t = half_t;
+#define ATTN_PTX_ELEM "f16"
+#endif
+
+constexpr int kElemBytes = 2;
+constexpr int kElemsPerChunk = 16 / kElemBytes;  // one 16-byte cp.async / ldmatrix row / vector store
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ constexpr int round_up(int a, int b) { return ceil_div(a, b) * b; }
+__host__ __device__ inline int imin(int a, int b) { return a < b ? a : b; }
+__host__ __device__ inline int imax(int a, int b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// Two fp32 values -> one 32-bit register with two elements, `lo` in bits 0..15 (round to nearest even).
+// The pair order matches the mma operand layout: the lower half holds the lower column index.
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn." ATTN_PTX_ELEM "x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// exp2 / log2 on the special-function unit.  ex2.approx(-inf) = +0, which the online softmax relies on.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float fast_log2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+}  // namespace attn
