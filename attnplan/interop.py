@@ -93,7 +93,9 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(x, _logical_dtype(x.dtype), "numpy", x)
     module = type(x).__module__
     if module.startswith("cupy"):
-        return Tensor(x, _logical_dtype(x.dtype), "cupy", x)
+        logical = _logical_dtype(x.dtype)
+        raw = _RAW_STORAGE.get(logical)      # bf16/fp8 are kept as raw bits on the GPU
+        return Tensor(x.view(raw) if raw is not None and x.dtype != raw else x, logical, "cupy", x)
     if module.startswith("torch"):
         return _from_torch(x, name)
     if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"):

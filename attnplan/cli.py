@@ -1,0 +1,206 @@
+"""The `attnplan` command: info, explain, run, cache (and bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, registry
+from .accuracy import relative_l2_error
+from .descriptor import AttentionDescriptor, PagedKV
+from .device import as_device
+from .errors import AttnPlanError
+from .plan import Plan, explain
+from .problems import random_inputs
+from .timing import median, time_ms
+
+console = Console()
+
+
+def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that describe one attention problem (shared by explain, run and bench)."""
+    p = parser.add_argument_group("problem")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seqlen-q", type=int, default=None)
+    p.add_argument("--seqlen-kv", type=int, default=None)
+    p.add_argument("--heads-q", type=int, default=None)
+    p.add_argument("--heads-kv", type=int, default=None)
+    p.add_argument("--head-dim", type=int, default=None)
+    p.add_argument("--head-dim-v", type=int, default=None)
+    p.add_argument("--dtype", default="bf16", help="f16 | bf16 | f32 | f64 | e4m3 | e5m2")
+    p.add_argument("--layout", default="bshd", help="bshd | bhsd | thd (varlen)")
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--alignment", default="bottom_right", help="bottom_right | top_left")
+    p.add_argument("--window", type=int, nargs=2, default=(-1, -1), metavar=("LEFT", "RIGHT"))
+    p.add_argument("--sink-tokens", type=int, default=0)
+    p.add_argument("--sink-logits", action="store_true")
+    p.add_argument("--alibi", action="store_true")
+    p.add_argument("--softcap", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--paged", type=int, default=0, metavar="PAGE_SIZE", help="paged KV with this page size")
+    p.add_argument("--backward", action="store_true")
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | sm_NN (described, for explain)")
+    p.add_argument("--backend", default=None, help="run only this backend")
+
+
+def descriptor_from(args, device) -> AttentionDescriptor:
+    on_gpu = device.kind == "cuda"
+    seqlen_q = args.seqlen_q or (2048 if on_gpu else 128)
+    seqlen_kv = args.seqlen_kv or seqlen_q
+    head_dim = args.head_dim or (128 if on_gpu else 64)
+    heads_q = args.heads_q or (16 if on_gpu else 4)
+    paged = None
+    if args.paged:
+        paged = PagedKV(args.paged, -(-seqlen_kv // args.paged))
+    return AttentionDescriptor(
+        batch=args.batch or (4 if on_gpu else 2), seqlen_q=seqlen_q, seqlen_kv=seqlen_kv, heads_q=heads_q,
+        heads_kv=args.heads_kv or heads_q, head_dim=head_dim, head_dim_v=args.head_dim_v or head_dim,
+        dtype=args.dtype, layout=args.layout, causal=args.causal, causal_alignment=args.alignment,
+        window=tuple(args.window), sink_tokens=args.sink_tokens, sink_logits=args.sink_logits, alibi=args.alibi,
+        softcap=args.softcap, dropout_p=args.dropout, paged=paged, return_lse=True,
+        deterministic=args.deterministic, direction="backward" if args.backward else "forward")
+
+
+def _versions() -> dict:
+    versions = {"attnplan": __version__, "python": platform.python_version()}
+    for backend in registry.backends():
+        versions.update(backend.library_versions())
+    return versions
+
+
+def cmd_info(args) -> int:
+    device = as_device(args.device)
+    console.print(f"[bold]attnplan {__version__}[/bold] on {device}")
+    table = Table("backend", "libraries", "available on this device")
+    for backend in registry.backends():
+        versions = ", ".join(f"{k} {v}" for k, v in backend.library_versions().items()) or "-"
+        own = backend.reasons(AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1,
+                                                  head_dim=64, dtype="f16"), device)
+        table.add_row(backend.name, versions, "yes" if not own else "; ".join(own))
+    console.print(table)
+    return 0
+
+
+def _verdict_table(verdicts) -> Table:
+    table = Table("backend", "kernel", "verdict", show_lines=False)
+    for v in verdicts:
+        table.add_row(v.backend, v.kernel, "[green]accepted[/green]" if v.accepted else "; ".join(v.reasons))
+    return table
+
+
+def cmd_explain(args) -> int:
+    device = as_device(args.device)
+    desc = descriptor_from(args, device)
+    console.print(f"problem: {json.dumps(desc.to_dict())}")
+    console.print(f"device: {device}")
+    console.print(_verdict_table(explain(desc, device, prefer=args.backend)))
+    try:
+        plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None)
+    except AttnPlanError as exc:
+        console.print(f"[red]no plan[/red]: {exc.__class__.__name__}")
+        return 1
+    console.print(f"chosen SKU: {plan.sku.to_json()}")
+    return 0
+
+
+def _reference_plan(desc, device):
+    return Plan.select(desc, device, prefer="reference", restrict=True)
+
+
+def cmd_run(args) -> int:
+    device = as_device(args.device)
+    desc = descriptor_from(args, device)
+    plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None)
+    inputs = random_inputs(desc, device, seed=args.seed)
+    reference = _reference_plan(desc, device)
+    if desc.direction == "backward":
+        forward_desc = desc.replace(direction="forward")
+        fwd_args = {k: v for k, v in inputs.items() if k != "dout"}
+        out, lse = _reference_plan(forward_desc, device).run(**fwd_args)
+        inputs.update(out=out, lse=lse)
+    result = plan.run(**inputs)
+    expected = reference.run(**inputs)
+    if desc.direction == "backward":
+        errors = {name: relative_l2_error(got, want) for name, got, want in zip(("dq", "dk", "dv"), result, expected)}
+    else:
+        errors = {"out": relative_l2_error(result.out, expected.out), "lse": relative_l2_error(result.lse, expected.lse)}
+    times = time_ms(lambda: plan.run(check_values=False, **inputs), device, repeats=args.repeats, warmup=2)
+    ms = median(times)
+    tflops = desc.flops() / (ms * 1e-3) / 1e12
+    console.print(f"device: {device}")
+    console.print(f"SKU: {plan.sku.to_json()}")
+    console.print("relative L2 error vs the float64 reference: "
+                  + ", ".join(f"{k}={v:.3e}" for k, v in errors.items()))
+    console.print(f"time: {ms:.3f} ms median of {len(times)} ({tflops:.2f} TFLOP/s)")
+    limit = 1e-6 if desc.dtype == "f64" else 2e-2
+    bad = [k for k, v in errors.items() if not v <= limit]
+    if bad:
+        console.print(f"[red]FAILED[/red]: error of {', '.join(bad)} above {limit}")
+        return 1
+    console.print("[green]OK[/green]")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from . import kernel_cache
+    if args.action == "list":
+        table = Table("kernel", "arch", "bytes", "file")
+        for entry in kernel_cache.entries():
+            table.add_row(entry.name, entry.arch, str(entry.size), entry.path.name)
+        console.print(f"cache: {kernel_cache.cache_dir()}")
+        console.print(table)
+    elif args.action == "clear":
+        console.print(f"removed {kernel_cache.clear()} entries from {kernel_cache.cache_dir()}")
+    else:
+        from .backends.nvrtc.warmup import warmup
+        return warmup(args.arch, args.dtypes, args.head_dims, console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnplan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"attnplan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="device, arch, backends and their library versions")
+    info.add_argument("--device", default=None)
+    info.set_defaults(func=cmd_info)
+    for name, func, text in (("explain", cmd_explain, "each backend's verdict and the chosen SKU"),
+                             ("run", cmd_run, "random inputs through a backend, checked against the reference")):
+        p = sub.add_parser(name, help=text)
+        add_problem_arguments(p)
+        if name == "run":
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--repeats", type=int, default=10)
+        p.set_defaults(func=func)
+    cache = sub.add_parser("cache", help="the compiled-kernel cache")
+    cache.add_argument("action", choices=("list", "clear", "warmup"))
+    cache.add_argument("--arch", default="sm_90", help="for warmup: target arch")
+    cache.add_argument("--dtypes", nargs="+", default=["f16", "bf16"])
+    cache.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
+    cache.set_defaults(func=cmd_cache)
+    try:
+        from .bench.cli import add_bench_parser
+    except ImportError:
+        pass
+    else:
+        add_bench_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AttnPlanError as exc:
+        console.print(f"[red]{exc.__class__.__name__}[/red]: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The dispatch key: exactly the facts that change the generated code, and its canonical name."""
+
+from __future__ import annotations
+
+import attrs
+
+from attnplan.descriptor import AttentionDescriptor
+
+# Descriptor feature -> (macro, name fragment).  Order fixes the canonical name.
+_FEATURES = (
+    ("causal", "IS_CAUSAL", "causal"),
+    ("window", "HAS_WINDOW", "window"),
+    ("sink_tokens", "HAS_SINK_TOKENS", "sinks"),
+    ("sink_logits", "HAS_SINK_LOGITS", "sinklogits"),
+    ("alibi", "HAS_ALIBI", "alibi"),
+    ("softcap", "HAS_SOFTCAP", "softcap"),
+    ("varlen", "IS_VARLEN", "varlen"),
+    ("paged", "IS_PAGED", "paged"),
+    ("dropout", "HAS_DROPOUT", "dropout"),
+)
+
+
+@attrs.frozen
+class TileConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+
+    def as_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class DispatchKey:
+    generation: str          # kernel family: "sm80" (later "sm89", "sm90")
+    arch: str                # compile target: "sm_80", "sm_89", "sm_90", "sm_90a"
+    direction: str
+    dtype: str
+    head_dim: int
+    head_dim_v: int
+    tiles: TileConfig
+    causal: bool = False
+    window: bool = False
+    sink_tokens: bool = False
+    sink_logits: bool = False
+    alibi: bool = False
+    softcap: bool = False
+    varlen: bool = False
+    paged: bool = False
+    dropout: bool = False
+
+    @classmethod
+    def for_problem(cls, desc: AttentionDescriptor, generation: str, arch: str, tiles: TileConfig) -> "DispatchKey":
+        return cls(generation=generation, arch=arch, direction=desc.direction, dtype=desc.dtype,
+                   head_dim=desc.head_dim, head_dim_v=desc.head_dim_v, tiles=tiles, causal=desc.causal,
+                   window=desc.has_window, sink_tokens=desc.sink_tokens > 0, sink_logits=desc.sink_logits,
+                   alibi=desc.alibi, softcap=desc.softcap > 0, varlen=desc.varlen,
+                   paged=desc.paged is not None, dropout=desc.dropout_p > 0)
+
+    @property
+    def name(self) -> str:
+        """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[_<feature>...]_<arch>"""
+        t = self.tiles
+        parts = [f"attn_{self.generation}", "fwd" if self.direction == "forward" else "bwd", self.dtype,
+                 f"d{self.head_dim}x{self.head_dim_v}", f"m{t.block_m}n{t.block_n}w{t.num_warps}"]
+        parts += [fragment for field, _, fragment in _FEATURES if getattr(self, field)]
+        parts.append(self.arch.replace("_", ""))
+        return "_".join(parts)
+
+    def defines(self) -> dict[str, int]:
+        t = self.tiles
+        macros = {"ATTN_DTYPE_BF16": int(self.dtype == "bf16"), "HEAD_DIM": self.head_dim,
+                  "HEAD_DIM_V": self.head_dim_v, "BLOCK_M": t.block_m, "BLOCK_N": t.block_n,
+                  "NUM_WARPS": t.num_warps}
+        macros.update({macro: int(getattr(self, field)) for field, macro, _ in _FEATURES})
+        return macros
