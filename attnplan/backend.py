@@ -24,6 +24,7 @@ class Executable:
     workspace_size: int
     forward: Optional[Callable] = None
     backward: Optional[Callable] = None
+    check_arguments: Optional[Callable] = None   # backend-specific argument rules (alignment...)
 
 
 class Backend:

@@ -146,6 +146,12 @@ def from_float(values, dtype: str, xp):
     return xp.asarray(host.view(np.uint8))
 
 
+def round_trip(values, dtype: str, xp):
+    """`values` rounded to `dtype` and back to their float type (emulates low-precision storage)."""
+    rounded = from_float(values, dtype, xp)
+    return to_float(Tensor(rounded, dtype, "internal"), "f64" if values.dtype == np.float64 else "f32")
+
+
 def empty(shape, dtype: str, like: Tensor):
     """Uninitialised storage for `dtype` on the same device as `like`."""
     if like.is_cuda:

@@ -42,10 +42,7 @@ def _verdict(backend: Backend, desc: AttentionDescriptor, device: Device) -> Ver
     reasons = capability_reasons(backend.capabilities, desc, device)
     if not reasons:
         reasons = backend.reasons(desc, device)
-    try:
-        kernel = backend.kernel_name(desc, device)
-    except Exception:  # a kernel name may not exist for a rejected problem
-        kernel = "-"
+    kernel = backend.kernel_name(desc, device) if not reasons else "-"
     return Verdict(backend.name, kernel, not reasons, tuple(reasons))
 
 
@@ -126,6 +123,8 @@ class Plan:
                                         f"but the plan is for {self.device}")
         if on_cuda and self.device.present and bound.q.device_index != self.device.index:
             raise InvalidArguments("q", f"lives on cuda:{bound.q.device_index}, plan is for cuda:{self.device.index}")
+        if self._executable.check_arguments is not None:
+            self._executable.check_arguments(bound)
         if bound.workspace is not None and bound.workspace.data.nbytes < self.workspace_size:
             raise InvalidArguments("workspace", f"holds {bound.workspace.data.nbytes} bytes, "
                                                 f"the plan needs {self.workspace_size}")

@@ -11,7 +11,7 @@ from attnplan.backend import Backend, Executable
 from attnplan.capabilities import Capabilities
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
-from attnplan.interop import as_host_index, from_float, to_float
+from attnplan.interop import as_host_index, from_float, round_trip, to_float
 from attnplan.sequences import kv_view, lse_view, q_view, spans
 from attnplan.sku import KernelSku, PrecisionGuarantee
 
@@ -30,8 +30,8 @@ def _array_library(device: Device):
 class ReferenceExecutor:
     """Runs the reference math over every sequence of a bound call."""
 
-    def __init__(self, desc: AttentionDescriptor, compute: str):
-        self.desc, self.compute = desc, compute
+    def __init__(self, desc: AttentionDescriptor, compute: str, emulate_dtype: bool = False):
+        self.desc, self.compute, self.emulate_dtype = desc, compute, emulate_dtype
 
     def _sequences(self, bound):
         desc, xp = self.desc, bound.q.xp
@@ -40,12 +40,17 @@ class ReferenceExecutor:
         q, k, v = (to_float(t, self.compute) for t in (bound.q, bound.k, bound.v))
         slopes = to_float(bound.alibi_slopes, self.compute) if bound.alibi_slopes is not None else None
         sinks = to_float(bound.sink_logits, self.compute) if bound.sink_logits is not None else None
+        rounding = None
+        if self.emulate_dtype and desc.dtype not in ("f32", "f64"):
+            low = "bf16" if desc.is_fp8 else desc.dtype
+            rounding = lambda values: round_trip(values, low, xp)  # noqa: E731
         for span in spans(desc, q.shape[0], k.shape[0], **index):
             seq_slopes = None
             if slopes is not None:
                 seq_slopes = slopes if slopes.ndim == 1 else slopes[span.index]
             yield span, SequenceInputs(span.index, xp.ascontiguousarray(q_view(desc, q, span)),
-                                       kv_view(desc, k, span), kv_view(desc, v, span), seq_slopes, sinks)
+                                       kv_view(desc, k, span), kv_view(desc, v, span), seq_slopes, sinks,
+                                       rounding)
 
     def forward(self, bound, out, lse) -> None:
         desc, xp = self.desc, bound.q.xp
@@ -100,15 +105,18 @@ class ReferenceBackend(Backend):
         return versions
 
     def build(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> Executable:
-        compute = (config or {}).get("compute", "f64")
+        config = config or {}
+        compute = config.get("compute", "f64")
+        emulate = bool(config.get("emulate_dtype", False))
         if compute not in COMPUTE_PRECISIONS:
             raise ValueError(f"reference config compute={compute!r} is invalid: one of {COMPUTE_PRECISIONS}")
         precision = PrecisionGuarantee(math_precision=compute, accumulator=compute,
                                        deterministic=True, bit_stable=False)
         sku = KernelSku(backend=self.name, kernel=self.kernel_name(desc, device), arch=device.arch_name,
-                        dtype=desc.dtype, precision=precision, config={"compute": compute},
+                        dtype=desc.dtype, precision=precision, config={"compute": compute, "emulate_dtype": emulate},
                         workspace_bytes=0,
                         versions={"attnplan": attnplan.__version__, **self.library_versions()},
-                        notes="float64 reference unless pinned to compute=f32")
-        executor = ReferenceExecutor(desc, compute)
+                        notes="float64 reference; pin compute=f32 / emulate_dtype=True (P and dS rounded "
+                              "to the input dtype) for the low-precision baseline of the tolerance rule")
+        executor = ReferenceExecutor(desc, compute, emulate)
         return Executable(sku=sku, workspace_size=0, forward=executor.forward, backward=executor.backward)

@@ -7,7 +7,7 @@ Shapes: q `[Sq, Hq, D]`, k `[Skv, Hkv, D]`, v `[Skv, Hkv, Dv]`; heads are groupe
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import attrs
 import numpy as np
@@ -30,6 +30,9 @@ class SequenceInputs:
     v: object
     slopes: Optional[object] = None       # [Hq]
     sinks: Optional[object] = None        # [Hq]
+    # Rounds the operands of the second matmuls (P before P@V, dS before dS@K) the way a
+    # low-precision kernel stores them; None keeps full precision.
+    rounding: Optional[Callable] = None
 
 
 @attrs.frozen(eq=False)
@@ -97,8 +100,9 @@ def chunk_probabilities(desc, seq: SequenceInputs, start: int, stop: int, seed: 
     return ChunkProbabilities(rows, probs, lse, dropout_scale, tanh)
 
 
-def _values_weights(chunk: ChunkProbabilities):
-    return chunk.probs if chunk.dropout_scale is None else chunk.probs * chunk.dropout_scale
+def _values_weights(chunk: ChunkProbabilities, rounding=None):
+    weights = chunk.probs if chunk.dropout_scale is None else chunk.probs * chunk.dropout_scale
+    return weights if rounding is None else rounding(weights)
 
 
 def forward_sequence(desc, seq: SequenceInputs, seed: int, xp):
@@ -109,7 +113,7 @@ def forward_sequence(desc, seq: SequenceInputs, seed: int, xp):
     values = seq.v.transpose(1, 0, 2)[:, None]                      # [Hkv, 1, Skv, Dv]
     for start, stop in row_chunks(desc, seqlen_q, seq.k.shape[0]):
         chunk = chunk_probabilities(desc, seq, start, stop, seed, xp)
-        out[start:stop] = _ungrouped(xp.matmul(_values_weights(chunk), values))
+        out[start:stop] = _ungrouped(xp.matmul(_values_weights(chunk, seq.rounding), values))
         lse[:, start:stop] = chunk.lse.reshape(desc.heads_q, stop - start)
     return out, lse
 
@@ -128,7 +132,7 @@ def backward_sequence(desc, seq: SequenceInputs, dout, seed: int, xp):
     dsink = xp.zeros(desc.heads_q, dtype=seq.q.dtype)
     for start, stop in row_chunks(desc, seqlen_q, seq.k.shape[0]):
         chunk = chunk_probabilities(desc, seq, start, stop, seed, xp)
-        weights = _values_weights(chunk)
+        weights = _values_weights(chunk, seq.rounding)
         grad_out = _grouped(dout[start:stop], heads_kv)              # [Hkv, G, C, Dv]
         out = xp.matmul(weights, values)
         dv_grouped += xp.matmul(weights.swapaxes(-1, -2), grad_out).sum(axis=1)
@@ -140,6 +144,8 @@ def backward_sequence(desc, seq: SequenceInputs, dout, seed: int, xp):
         if chunk.tanh is not None:
             grad_scores = grad_scores * (1.0 - chunk.tanh ** 2)
         grad_scores = grad_scores * desc.scale
+        if seq.rounding is not None:
+            grad_scores = seq.rounding(grad_scores)
         dq[start:stop] = _ungrouped(xp.matmul(grad_scores, keys))
         dk_grouped += xp.matmul(grad_scores.swapaxes(-1, -2), _grouped(seq.q[start:stop], heads_kv)).sum(axis=1)
         if desc.sink_logits:

@@ -1,0 +1,5 @@
+"""Our NVRTC-compiled FlashAttention kernels (CUDA C++ in attnplan/kernels)."""
+
+from .backend import NvrtcBackend
+
+__all__ = ["NvrtcBackend"]

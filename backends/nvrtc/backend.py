@@ -1,0 +1,157 @@
+"""The NVRTC backend: our own FlashAttention kernels, compiled at first use for the device's arch.
+
+A kernel generation (sm80 today; sm89 and sm90a later) is a `Generation` value: its minimum arch,
+its capabilities, its tile chooser and its entry files.  The backend picks the newest generation
+the device can run; adding one is adding a value to GENERATIONS.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import attrs
+
+import attnplan
+from attnplan.backend import Backend, Executable
+from attnplan.capabilities import Capabilities
+from attnplan.descriptor import AttentionDescriptor
+from attnplan.device import Device
+from attnplan.errors import InvalidArguments
+from attnplan.sku import KernelSku, PrecisionGuarantee
+from attnplan.streams import stream_handle
+
+from . import compiler, launcher, params, sm80_tiles
+from .dispatch import DispatchKey, TileConfig
+from .launch_params import common_values
+
+# Kernels load 16-byte vectors: base pointers 16-byte aligned, strides multiples of 8 elements.
+VECTOR_BYTES = 16
+VECTOR_ELEMENTS = 8
+
+
+@attrs.frozen
+class Generation:
+    name: str
+    min_arch: int
+    capabilities: Capabilities
+    choose_tiles: Callable[[AttentionDescriptor, int], TileConfig]
+
+
+def _sm80_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
+    cfg = sm80_tiles.tile_config(desc.head_dim, desc.head_dim_v, arch)
+    return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
+
+
+SM80 = Generation(
+    name="sm80",
+    min_arch=80,
+    capabilities=Capabilities(
+        devices=frozenset({"cuda"}), min_arch=80, dtypes=frozenset({"f16", "bf16"}),
+        backward_dtypes=frozenset({"f16", "bf16"}), head_dims=frozenset(range(32, 257, 8)),
+        directions=frozenset({"forward"}),
+    ),
+    choose_tiles=_sm80_tiles,
+)
+GENERATIONS = (SM80,)
+
+
+def _generation_for(device: Device) -> Generation:
+    usable = [g for g in GENERATIONS if device.arch is not None and device.arch >= g.min_arch]
+    return usable[-1] if usable else GENERATIONS[0]
+
+
+def compile_arch(generation: Generation, device_arch: int) -> str:
+    """The NVRTC target: the device's own arch (sm_90a only for kernels that need wgmma/TMA)."""
+    return f"sm_{device_arch}"
+
+
+class NvrtcBackend(Backend):
+    name = "nvrtc"
+
+    @property
+    def capabilities(self) -> Capabilities:  # the first generation's; per-device in reasons()
+        return GENERATIONS[0].capabilities
+
+    def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        from attnplan.capabilities import capability_reasons
+        generation = _generation_for(device)
+        reasons = capability_reasons(generation.capabilities, desc, device) if generation is not GENERATIONS[0] else []
+        try:
+            compiler.nvrtc_version()
+        except compiler.NvrtcUnavailable as exc:
+            reasons.append(f"{exc} (pip install attnplan[cuda13] or [cuda12])")
+        if device.present:
+            try:
+                import cupy  # noqa: F401
+            except ImportError:
+                reasons.append("CuPy is not installed (pip install attnplan[cuda13] or [cuda12])")
+        if device.arch is not None:
+            try:
+                generation.choose_tiles(desc, device.arch)
+            except ValueError as exc:
+                reasons.append(str(exc))
+        return reasons
+
+    def library_versions(self) -> dict:
+        try:
+            return {"nvrtc": compiler.nvrtc_version()}
+        except compiler.NvrtcUnavailable:
+            return {}
+
+    def dispatch_key(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> DispatchKey:
+        generation = _generation_for(device)
+        tiles = generation.choose_tiles(desc, device.arch)
+        if config:
+            tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
+        return DispatchKey.for_problem(desc, generation.name, compile_arch(generation, device.arch), tiles)
+
+    def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
+        return self.dispatch_key(desc, device).name
+
+    def build(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> Executable:
+        key = self.dispatch_key(desc, device, config)
+        cubin, _ = compiler.compile_key(key)
+        shared = sm80_tiles.shared_memory_bytes(desc.head_dim, desc.head_dim_v, key.tiles.block_m, key.tiles.block_n)
+        precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=True,
+                                       bit_stable=True)
+        sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
+                        precision=precision, config={**key.tiles.as_dict(), "shared_memory_bytes": shared},
+                        workspace_bytes=0,
+                        versions={"attnplan": attnplan.__version__, **self.library_versions()},
+                        notes="forward: one CTA per (query tile, head, batch); no atomics")
+        runner = ForwardRunner(desc, key, cubin, shared, device)
+        return Executable(sku=sku, workspace_size=0, forward=runner, check_arguments=runner.check_arguments)
+
+
+class ForwardRunner:
+    """Launches the forward kernel for bound arguments (loads the module on first use)."""
+
+    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: int, device: Device):
+        self.desc, self.key, self.cubin, self.shared, self.device = desc, key, cubin, shared, device
+        self._kernel = None
+
+    def kernel(self):
+        if self._kernel is None:
+            self._kernel = launcher.load(self.cubin, "attn_fwd_kernel", self.shared,
+                                         self.key.tiles.num_warps * 32, self.device.index)
+        return self._kernel
+
+    def check_arguments(self, bound) -> None:
+        for name in ("q", "k", "v", "out"):
+            t = getattr(bound, name)
+            if t is None:
+                continue
+            if t.ptr % VECTOR_BYTES:
+                raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
+            if any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
+                raise InvalidArguments(name, f"outer strides {list(t.strides[:-1])} must be multiples of "
+                                             f"{VECTOR_ELEMENTS} elements for this kernel")
+
+    def __call__(self, bound, out, lse) -> None:
+        self.check_arguments(attrs.evolve(bound, out=out))
+        values = common_values(self.desc, bound, out, lse)
+        block = self.key.tiles.block_m
+        grid = (math.ceil(self.desc.seqlen_q / block), self.desc.heads_q, self.desc.batch)
+        handle = stream_handle(bound.stream, bound.q.origin)
+        launcher.launch(self.kernel(), grid, params.pack("forward", values), handle)
