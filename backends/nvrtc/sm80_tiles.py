@@ -1,0 +1,66 @@
+"""Tile configurations and shared-memory sizes of the sm80 forward kernel (kernels/sm80/fwd.cu).
+
+The kernel is compiled with -D HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_N, NUM_WARPS (plus dtype and
+feature switches) and launched as
+
+    grid  = (ceil(seqlen_q / block_m), heads_q, batch)    seqlen_q: the maximum over sequences (varlen)
+    block = num_warps * 32 threads
+    dynamic shared memory = shared_memory_bytes(head_dim, head_dim_v, block_m, block_n)
+
+The runtime must raise cudaFuncAttributeMaxDynamicSharedMemorySize when that exceeds 48 KiB.
+Every configuration returned by `tile_config` fits the arch it was asked for.  The kernel also
+requires 16-byte aligned q/k/v/out base pointers and row/head/batch (page) strides that are
+multiples of 8 elements (16-byte cp.async and vector stores), scale > 0, and softcap > 0 whenever
+HAS_SOFTCAP is on.
+"""
+
+from __future__ import annotations
+
+# Largest dynamic shared memory per block (bytes) by compute capability; unknown archs get the
+# smallest (sm_86 / sm_89 class) limit.
+MAX_DYNAMIC_SMEM = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+_SMALLEST_SMEM = 99 * 1024
+
+# (block_m, block_n, num_warps) by max(head_dim, head_dim_v) rounded up to the next key, after
+# FlashAttention-2's sm80 choices: 4 warps x 32 query rows up to d=128 (S and O fit in registers),
+# 8 warps x 16 rows above it (O alone is d/2 floats per thread there).
+_PREFERRED = ((64, (128, 128, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
+# Tried in order when the preferred tile does not fit the arch's shared memory (d=256 on sm_89).
+_FALLBACKS = ((64, 64, 4), (64, 32, 4))
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def _row_stride(cols: int) -> int:
+    """Elements per shared-memory row: swizzled rows of 64k elements, else padded by 8 (fwd.cu SmemLayout)."""
+    cols = _round_up(cols, 16)
+    return cols if cols % 64 == 0 else cols + 8
+
+
+def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, dtype_bytes: int = 2) -> int:
+    """Dynamic shared memory of one CTA: Q (or the output tile, whichever is larger) + one K + one V tile."""
+    qk, v = _row_stride(head_dim), _row_stride(head_dim_v)
+    return (block_m * max(qk, v) + block_n * qk + block_n * v) * dtype_bytes
+
+
+def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
+    """{block_m, block_n, num_warps, smem_bytes} for the given head dims on sm_`arch` (80, 86, 89, 90 ...)."""
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+    for dim in (head_dim, head_dim_v):
+        if dim % 8 or not 8 <= dim <= 256:
+            raise ValueError(f"head dim {dim}: must be a multiple of 8 in [8, 256]")
+    widest = max(head_dim, head_dim_v)
+    preferred = next(cfg for limit, cfg in _PREFERRED if widest <= limit)
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    for block_m, block_n, num_warps in (preferred, *_FALLBACKS):
+        smem = shared_memory_bytes(head_dim, head_dim_v, block_m, block_n)
+        if smem <= limit:
+            return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
+    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 tile fits {limit} bytes of shared memory on sm_{arch}")
+
+
+def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, int, int]:
+    """Launch grid; seqlen_q is the maximum sequence length for varlen."""
+    return (-(-seqlen_q // block_m), heads_q, batch)

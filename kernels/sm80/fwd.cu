@@ -1,0 +1,586 @@
+// FlashAttention-2 style forward kernel for sm_80 .. sm_90 (warp-level mma.sync tensor cores).
+//
+// One CTA computes BLOCK_M query rows of one (sequence, query head); NUM_WARPS warps each own
+// BLOCK_M / NUM_WARPS consecutive rows (one or two m16 tiles).  Per key tile of BLOCK_N keys:
+//   wait K -> start loading V -> S = Q K^T -> score mods, mask -> online softmax -> wait V ->
+//   start loading the next K -> O += P V
+// so the K load overlaps P V and the V load overlaps Q K^T and the softmax (one shared-memory
+// buffer each for Q, K, V).  Q stays in shared memory and is re-read with ldmatrix; S, P and O live
+// in registers.  The launch contract (grid, strides, varlen, paged KV) is described in
+// backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
+//
+// Parts, each in its own header or section: element types and PTX wrappers (common/), the
+// visibility rule and key-tile range (mask.cuh), the online softmax (softmax.cuh), Philox dropout
+// (common/philox.cuh); below: shared-memory layout, sequence coordinates, tile loaders, the two warp
+// GEMMs, score modifiers, dropout, epilogue, and the kernel that strings them together.
+//
+// The runtime prepends `struct FwdParams` (backends/nvrtc/params.py) to this file.
+
+#include "common/types.cuh"
+#include "common/mma_sm80.cuh"
+#include "common/philox.cuh"
+#include "mask.cuh"
+#include "softmax.cuh"
+
+#if !defined(HEAD_DIM) || !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(NUM_WARPS)
+#error "HEAD_DIM, BLOCK_M, BLOCK_N and NUM_WARPS must be defined"
+#endif
+#ifndef HEAD_DIM_V
+#define HEAD_DIM_V HEAD_DIM
+#endif
+#ifndef HAS_ALIBI
+#define HAS_ALIBI 0
+#endif
+#ifndef HAS_SOFTCAP
+#define HAS_SOFTCAP 0
+#endif
+#ifndef IS_VARLEN
+#define IS_VARLEN 0
+#endif
+#ifndef IS_PAGED
+#define IS_PAGED 0
+#endif
+#ifndef HAS_DROPOUT
+#define HAS_DROPOUT 0
+#endif
+
+namespace attn {
+namespace sm80 {
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+constexpr int kBlockM = BLOCK_M;
+constexpr int kBlockN = BLOCK_N;
+constexpr int kNumWarps = NUM_WARPS;
+constexpr int kThreads = kNumWarps * 32;
+constexpr int kHeadDim = HEAD_DIM;
+constexpr int kHeadDimV = HEAD_DIM_V;
+constexpr int kDimQK = round_up(kHeadDim, 16);  // mma k-steps are 16 wide; padding columns hold zeros
+constexpr int kDimV = round_up(kHeadDimV, 16);  // one ldmatrix.x4.trans covers 16 output columns
+constexpr int kWarpRows = kBlockM / kNumWarps;
+constexpr int kMTiles = kWarpRows / 16;          // m16 tiles per warp
+constexpr int kNTiles = kBlockN / 8;             // n8 score tiles per key tile
+constexpr int kKSteps = kBlockN / 16;            // k16 steps of P V
+constexpr int kOTiles = kDimV / 8;               // n8 output tiles
+constexpr bool kScoresInLog2 = HAS_SOFTCAP || HAS_ALIBI;  // score mods convert scores to log2 units
+
+static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "HEAD_DIM: multiple of 8, <= 256");
+static_assert(kHeadDimV % 8 == 0 && kHeadDimV >= 8 && kHeadDimV <= 256, "HEAD_DIM_V: multiple of 8, <= 256");
+static_assert(kBlockM % kNumWarps == 0 && kWarpRows % 16 == 0, "each warp owns whole m16 tiles");
+static_assert(kBlockN % 16 == 0, "BLOCK_N: multiple of 16");
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory layout: rows of COLS elements split into 16-byte chunks.  Rows that are a multiple
+// of 64 elements (128 bytes) use an XOR swizzle (chunk ^= row % 8 within each group of 8 chunks);
+// others are padded by one chunk, which for COLS % 16 == 0 gives a row pitch of an odd number of
+// 16-byte units.  Either way the 8 rows an ldmatrix phase reads, and the 8 rows the epilogue
+// writes, fall into 8 different 16-byte bank groups.
+// ---------------------------------------------------------------------------------------------
+struct FragAddr {
+  int row_elems;  // row * stride
+  int chunk_bits; // swizzled: (row % 8) ^ odd; padded: odd
+};
+
+template <int COLS>
+struct SmemLayout {
+  static_assert(COLS % 16 == 0, "rows hold an even number of chunks");
+  static constexpr int kChunks = COLS / kElemsPerChunk;
+  static constexpr bool kSwizzle = COLS % 64 == 0;
+  static constexpr int kStride = kSwizzle ? COLS : COLS + kElemsPerChunk;  // elements
+
+  __device__ __forceinline__ static int offset(int row, int chunk) {
+    if constexpr (kSwizzle) {
+      return row * kStride + ((chunk & ~7) | ((chunk ^ row) & 7)) * kElemsPerChunk;
+    } else {
+      return row * kStride + chunk * kElemsPerChunk;
+    }
+  }
+  // ldmatrix addressing: a lane reads chunk (even + odd) of `row`, with `even` a compile-time even
+  // number in the unrolled GEMM loops and `odd` in {0, 1} per lane.  Splitting it this way leaves
+  // the compiler only constant ^ per-lane-value work.
+  __device__ __forceinline__ static FragAddr frag_addr(int row, int odd) {
+    return FragAddr{row * kStride, kSwizzle ? ((row & 7) ^ odd) : odd};
+  }
+  __device__ __forceinline__ static int frag_offset(FragAddr f, int even) {
+    if constexpr (kSwizzle) {
+      return f.row_elems + ((even & ~7) + ((even & 7) ^ f.chunk_bits)) * kElemsPerChunk;
+    } else {
+      return f.row_elems + (even + f.chunk_bits) * kElemsPerChunk;
+    }
+  }
+};
+
+using LayoutQK = SmemLayout<kDimQK>;
+using LayoutV = SmemLayout<kDimV>;  // also the output staging tile
+
+// Region 0 holds Q during the main loop and the output tile in the epilogue.
+constexpr int kSmemRegion0 = kBlockM * (LayoutQK::kStride > LayoutV::kStride ? LayoutQK::kStride : LayoutV::kStride);
+constexpr int kSmemK = kBlockN * LayoutQK::kStride;
+constexpr int kSmemV = kBlockN * LayoutV::kStride;
+constexpr int kSmemBytes = (kSmemRegion0 + kSmemK + kSmemV) * kElemBytes;
+#ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:shared_memory_bytes
+static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.shared_memory_bytes disagrees with the kernel");
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Sequence coordinates: where this CTA's sequence starts and how long it is, for dense, varlen and
+// paged inputs alike.
+// ---------------------------------------------------------------------------------------------
+struct Sequence {
+  int q_start;    // first row of the sequence in the varlen-packed q / out / lse (0 when dense)
+  int seqlen_q;
+  int kv_start;   // first row in the varlen-packed k / v (0 when dense or paged)
+  int seqlen_kv;
+};
+
+__device__ __forceinline__ Sequence sequence_of(const FwdParams& p, int b) {
+  Sequence s{0, static_cast<int>(p.seqlen_q), 0, static_cast<int>(p.seqlen_kv)};
+#if IS_VARLEN
+  const int* cu_q = static_cast<const int*>(p.cu_seqlens_q);
+  s.q_start = cu_q[b];
+  s.seqlen_q = cu_q[b + 1] - s.q_start;
+#endif
+#if IS_PAGED
+  s.seqlen_kv = static_cast<const int*>(p.seqlens_kv)[b];
+#elif IS_VARLEN
+  const int* cu_kv = static_cast<const int*>(p.cu_seqlens_kv);
+  s.kv_start = cu_kv[b];
+  s.seqlen_kv = cu_kv[b + 1] - s.kv_start;
+#endif
+  return s;
+}
+
+// A window bound as int: -1 stays unbounded, anything larger than any sequence is clipped so the
+// index arithmetic in mask.cuh cannot overflow.
+__device__ __forceinline__ int window_bound(long long w) {
+  return w < 0 ? -1 : static_cast<int>(w < (1ll << 30) ? w : (1ll << 30));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global -> shared tile loads (cp.async, 16 bytes per thread and step).  Rows >= valid_rows and the
+// padding chunks beyond the real head dim are zero-filled, so out-of-range keys can never inject
+// NaN/Inf into P V and padded head-dim columns add nothing to Q K^T.
+//
+// Each thread keeps one chunk column and walks down the rows kRowsPerStep at a time, advancing its
+// source pointer by a constant: only a pointer and a stride stay live across the main loop (a
+// per-step table of 64-bit addresses would be hoisted out of it and cost registers).
+// ---------------------------------------------------------------------------------------------
+template <int ROWS, int REAL_COLS, class Layout>
+struct TileLoader {
+  static constexpr int kRowsPerStep = kThreads / Layout::kChunks;  // threads beyond that idle
+  static constexpr int kSteps = ceil_div(ROWS, kRowsPerStep);
+  static constexpr int kRealChunks = REAL_COLS / kElemsPerChunk;
+  static_assert(kRowsPerStep >= 1, "a CTA covers at least one row per step");
+
+  // rows(first_row, step) -> pointer to the chunk-0 element of row first_row + step * kRowsPerStep
+  // (only called for rows < valid_rows).
+  template <class RowPtr>
+  __device__ __forceinline__ static void load(elem_t* smem, int valid_rows, const void* any_valid_ptr, RowPtr row_ptr) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const int chunk = tid % Layout::kChunks, row0 = tid / Layout::kChunks;
+    const bool active = (kThreads % Layout::kChunks == 0 || row0 < kRowsPerStep) && chunk < kRealChunks;
+    const unsigned base = smem_u32(smem);
+#pragma unroll
+    for (int step = 0; step < kSteps; ++step) {
+      const int row = row0 + step * kRowsPerStep;
+      if ((ROWS % kRowsPerStep == 0 || row < ROWS) && row0 < kRowsPerStep) {
+        const bool in_range = active && row < valid_rows;
+        const void* src = in_range ? static_cast<const void*>(row_ptr(row, step) + chunk * kElemsPerChunk)
+                                   : any_valid_ptr;
+        cp_async_16(base + Layout::offset(row, chunk) * kElemBytes, src, in_range ? 16 : 0);
+      }
+    }
+  }
+};
+
+// Where key row j (within the sequence) of k or v lives.
+struct KvAddressing {
+  const elem_t* base;  // head hkv of this sequence (dense/varlen: at key 0; paged: at page 0, row 0)
+  long long row_stride;
+#if IS_PAGED
+  long long page_stride;
+  const int* block_table;  // this sequence's row of the block table
+  int page_size;
+#endif
+};
+
+__device__ __forceinline__ KvAddressing kv_addressing(const FwdParams& p, const void* tensor, long long batch_stride,
+                                                      long long row_stride, long long head_stride, int b, int hkv,
+                                                      const Sequence& seq) {
+  KvAddressing a;
+  a.row_stride = row_stride;
+  const elem_t* t = static_cast<const elem_t*>(tensor) + hkv * head_stride;
+#if IS_PAGED
+  a.base = t;
+  a.page_stride = batch_stride;  // the k/v batch stride is the page stride
+  a.block_table = static_cast<const int*>(p.block_table) + b * p.block_table_batch_stride;
+  a.page_size = static_cast<int>(p.page_size);
+#elif IS_VARLEN
+  a.base = t + static_cast<long long>(seq.kv_start) * row_stride;
+#else
+  a.base = t + b * batch_stride;
+#endif
+  (void)p; (void)seq; (void)b; (void)batch_stride;
+  return a;
+}
+
+template <int REAL_COLS, class Layout>
+__device__ __forceinline__ void load_kv_tile(elem_t* smem, const KvAddressing& a, int key0, int seqlen_kv) {
+  using Loader = TileLoader<kBlockN, REAL_COLS, Layout>;
+#if IS_PAGED
+  // Key j sits in page block_table[j / page_size], row j % page_size.
+  Loader::load(smem, seqlen_kv - key0, a.base, [&](int row, int) {
+    const int j = key0 + row;
+    const int page = a.block_table[j / a.page_size];
+    return a.base + page * a.page_stride + (j % a.page_size) * a.row_stride;
+  });
+#else
+  const int row0 = static_cast<int>(threadIdx.x) / Layout::kChunks;
+  const elem_t* first = a.base + (key0 + row0) * a.row_stride;
+  const long long step_stride = Loader::kRowsPerStep * a.row_stride;
+  Loader::load(smem, seqlen_kv - key0, a.base, [&](int, int step) { return first + step * step_stride; });
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp GEMMs.  See common/mma_sm80.cuh for the fragment layouts.
+// ---------------------------------------------------------------------------------------------
+
+// S[warp rows, kBlockN keys] = Q K^T.  ldmatrix x4 on Q gives a0..a3 of one m16 tile
+// (matrices: rows 0-7 / 8-15 x chunks 0 / 1); on K (row-major [key][dim], i.e. B column-major) it
+// gives b0, b1 of two n8 tiles (matrices: keys 0-7 x chunk 0, keys 0-7 x chunk 1, keys 8-15 x
+// chunk 0, keys 8-15 x chunk 1).
+__device__ __forceinline__ void gemm_qk(float (&s)[kMTiles][kNTiles][4], unsigned smem_q, unsigned smem_k,
+                                        int warp_row0, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+
+  const FragAddr fa = LayoutQK::frag_addr(warp_row0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+  const FragAddr fb = LayoutQK::frag_addr((lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1);
+#pragma unroll
+  for (int ks = 0; ks < kDimQK / 16; ++ks) {
+    unsigned a[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      ldmatrix_x4(a[mt], smem_q + (LayoutQK::frag_offset(fa, 2 * ks) + mt * 16 * LayoutQK::kStride) * kElemBytes);
+    }
+#pragma unroll
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      unsigned b[4];
+      ldmatrix_x4(b, smem_k + (LayoutQK::frag_offset(fb, 2 * ks) + np * 16 * LayoutQK::kStride) * kElemBytes);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// O += P V.  P comes from registers (the S accumulator layout of two n8 tiles is exactly the A
+// layout of one k16 step); V is row-major [key][dim], read with ldmatrix .trans (matrices: keys
+// 0-7 x chunk 0, keys 8-15 x chunk 0, keys 0-7 x chunk 1, keys 8-15 x chunk 1 -> b0, b1 of two n8
+// output tiles).
+__device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kOTiles][4], const unsigned (&pf)[kMTiles][kKSteps][4],
+                                        unsigned smem_v, int lane) {
+  const FragAddr fb = LayoutV::frag_addr((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+    for (int dp = 0; dp < kOTiles / 2; ++dp) {
+      unsigned b[4];
+      ldmatrix_x4_trans(b, smem_v + (LayoutV::frag_offset(fb, 2 * dp) + kk * 16 * LayoutV::kStride) * kElemBytes);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816(o[mt][2 * dp], pf[mt][kk], b[0], b[1]);
+        mma_16816(o[mt][2 * dp + 1], pf[mt][kk], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Unnormalised probabilities -> 16-bit A fragments of P V.
+__device__ __forceinline__ void pack_p(const float (&s)[kMTiles][kNTiles][4], unsigned (&pf)[kMTiles][kKSteps][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      pf[mt][kk][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);          // row g,   keys 2t..
+      pf[mt][kk][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);          // row g+8, keys 2t..
+      pf[mt][kk][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);  // row g,   keys 8+2t..
+      pf[mt][kk][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);  // row g+8, keys 8+2t..
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-thread coordinates of the score fragment: thread row r = 2*mt + half is query row
+// rows[r] (within the sequence); element e of tile nt is key col0 + nt*8 + (e & 1).
+// ---------------------------------------------------------------------------------------------
+struct FragRows {
+  int rows[2 * kMTiles];
+};
+
+// Scores -> log2 units with softcap and ALiBi applied (only compiled in with either feature).
+struct ScoreMods {
+  float scale_l2;        // scale * log2(e)
+  float scale_over_cap;  // scale / softcap
+  float cap_l2;          // softcap * log2(e)
+  float slope_l2;        // ALiBi slope * log2(e)
+
+  __device__ __forceinline__ void apply(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, int off) const {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][nt][e];
+#if HAS_SOFTCAP
+          x = cap_l2 * tanhf(x * scale_over_cap);
+#else
+          x *= scale_l2;
+#endif
+#if HAS_ALIBI
+          const int dist = col0 + nt * 8 + (e & 1) - (fr.rows[2 * mt + (e >> 1)] + off);
+          x -= slope_l2 * static_cast<float>(dist < 0 ? -dist : dist);
+#endif
+          s[mt][nt][e] = x;
+        }
+    (void)fr; (void)col0; (void)off;
+  }
+};
+
+__device__ __forceinline__ void apply_mask(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0,
+                                           const MaskInfo& mask) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (!visible(fr.rows[2 * mt + (e >> 1)], col0 + nt * 8 + (e & 1), mask)) s[mt][nt][e] = neg_inf();
+      }
+}
+
+// Dropout on the unnormalised probabilities (the row sums already hold the undropped values).
+// The pair of threads t = 2u, 2u+1 of a quad covers keys 4*col4 .. 4*col4+3 of rows g and g+8:
+// the even thread draws the four words of row g, the odd thread those of row g+8, and each hands
+// its partner the two keep bits the partner needs -- one Philox call per 4 elements.
+struct Dropout {
+  unsigned long long seed;
+  unsigned threshold;
+  unsigned b, h;
+
+  __device__ __forceinline__ void apply(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, int lane) const {
+    const bool odd = lane & 1;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        const unsigned col4 = static_cast<unsigned>(col0 + nt * 8) >> 2;
+        const unsigned row = static_cast<unsigned>(fr.rows[2 * mt + (odd ? 1 : 0)]);
+        const Philox4 r = dropout_random4(seed, b, h, row, col4);
+        const unsigned low_pair = unsigned(keep_word(r.x, threshold)) | (unsigned(keep_word(r.y, threshold)) << 1);
+        const unsigned high_pair = unsigned(keep_word(r.z, threshold)) | (unsigned(keep_word(r.w, threshold)) << 1);
+        // Even thread: keys 0,1 of the group are its own (row g); keys 2,3 belong to the odd thread.
+        const unsigned mine = odd ? high_pair : low_pair;
+        const unsigned theirs = __shfl_xor_sync(0xffffffffu, odd ? low_pair : high_pair, 1);
+        const unsigned bits_g = odd ? theirs : mine, bits_g8 = odd ? mine : theirs;
+        if (!(bits_g & 1u)) s[mt][nt][0] = 0.f;
+        if (!(bits_g & 2u)) s[mt][nt][1] = 0.f;
+        if (!(bits_g8 & 1u)) s[mt][nt][2] = 0.f;
+        if (!(bits_g8 & 2u)) s[mt][nt][3] = 0.f;
+      }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue: scale O, stage it through shared memory (region 0) and write 16-byte rows; write LSE.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ void store_output(const FwdParams& p, const float (&o)[kMTiles][kOTiles][4],
+                                             const float (&out_scale)[2 * kMTiles], const float (&lse)[2 * kMTiles],
+                                             elem_t* smem_o, const FragRows& fr, int warp_row0, int lane,
+                                             int b, int h, const Sequence& seq, int m0) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = warp_row0 + mt * 16 + half * 8 + g;
+      const float f = out_scale[2 * mt + half];
+#pragma unroll
+      for (int ot = 0; ot < kOTiles; ++ot) {  // one n8 tile = one 16-byte chunk
+        *reinterpret_cast<unsigned*>(smem_o + LayoutV::offset(row, ot) + 2 * t) =
+            pack2(o[mt][ot][2 * half] * f, o[mt][ot][2 * half + 1] * f);
+      }
+    }
+  __syncthreads();
+
+  constexpr int kRealChunks = kHeadDimV / kElemsPerChunk;
+  constexpr int kTotal = kBlockM * kRealChunks;
+  elem_t* out = static_cast<elem_t*>(p.out) + h * p.o_head_stride;
+#if IS_VARLEN
+  out += static_cast<long long>(seq.q_start) * p.o_row_stride;
+#else
+  out += b * p.o_batch_stride;
+#endif
+  const int valid_rows = seq.seqlen_q - m0;
+#pragma unroll
+  for (int step = 0; step < ceil_div(kTotal, kThreads); ++step) {
+    const int idx = step * kThreads + static_cast<int>(threadIdx.x);
+    const int row = idx / kRealChunks, chunk = idx % kRealChunks;
+    if ((kTotal % kThreads == 0 || idx < kTotal) && row < valid_rows) {
+      *reinterpret_cast<uint4*>(out + (m0 + row) * p.o_row_stride + chunk * kElemsPerChunk) =
+          *reinterpret_cast<const uint4*>(smem_o + LayoutV::offset(row, chunk));
+    }
+  }
+
+  if (p.lse != nullptr && t == 0) {
+    float* lse_out = static_cast<float*>(p.lse) + h * p.lse_head_stride;
+#if IS_VARLEN
+    lse_out += static_cast<long long>(seq.q_start) * p.lse_row_stride;
+#else
+    lse_out += b * p.lse_batch_stride;
+#endif
+#pragma unroll
+    for (int r = 0; r < 2 * kMTiles; ++r) {
+      if (fr.rows[r] < seq.seqlen_q) lse_out[fr.rows[r] * p.lse_row_stride] = lse[r];
+    }
+  }
+}
+
+}  // namespace sm80
+}  // namespace attn
+
+// ---------------------------------------------------------------------------------------------
+// The kernel.  grid = (ceil(max seqlen_q / BLOCK_M), heads_q, batch), block = NUM_WARPS * 32,
+// dynamic shared memory = kSmemBytes (= sm80_tiles.shared_memory_bytes).
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(const FwdParams p) {
+  using namespace attn;
+  using namespace attn::sm80;
+
+  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const Sequence seq = sequence_of(p, b);
+  const int m0 = m_block * kBlockM;
+  if (m0 >= seq.seqlen_q) return;
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warp_row0 = warp * kWarpRows;
+  const int hkv = h / static_cast<int>(p.heads_q / p.heads_kv);
+
+  MaskInfo mask;
+  mask.seqlen_kv = seq.seqlen_kv;
+  mask.off = p.top_left ? 0 : seq.seqlen_kv - seq.seqlen_q;
+  mask.window_left = window_bound(p.window_left);
+  mask.window_right = window_bound(p.window_right);
+  mask.sink_tokens = static_cast<int>(p.sink_tokens);
+  const int row_last = imin(m0 + kBlockM, seq.seqlen_q) - 1;
+  const KeyTileRange tiles = key_tile_range(m0, row_last, kBlockN, mask);
+  const int num_tiles = tiles.count();
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  elem_t* smem_q = reinterpret_cast<elem_t*>(smem_raw);  // region 0: Q, later the output tile
+  elem_t* smem_k = smem_q + kSmemRegion0;
+  elem_t* smem_v = smem_k + kSmemK;
+  const unsigned smem_q_u32 = smem_u32(smem_q), smem_k_u32 = smem_u32(smem_k), smem_v_u32 = smem_u32(smem_v);
+
+  // Prologue: Q and the first K tile in one cp.async group.
+  const elem_t* q = static_cast<const elem_t*>(p.q) + h * p.q_head_stride;
+#if IS_VARLEN
+  q += static_cast<long long>(seq.q_start) * p.q_row_stride;
+#else
+  q += b * p.q_batch_stride;
+#endif
+  const long long q_row_stride = p.q_row_stride;
+  TileLoader<kBlockM, kHeadDim, LayoutQK>::load(smem_q, seq.seqlen_q - m0, q,
+                                                [&](int row, int) { return q + (m0 + row) * q_row_stride; });
+  const KvAddressing k_addr = kv_addressing(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, hkv, seq);
+  const KvAddressing v_addr = kv_addressing(p, p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, hkv, seq);
+  if (num_tiles > 0) load_kv_tile<kHeadDim, LayoutQK>(smem_k, k_addr, tiles.tile(0) * kBlockN, seq.seqlen_kv);
+  cp_async_commit();
+
+  // This thread's query rows and key column offset inside the score fragments.
+  FragRows fr;
+#pragma unroll
+  for (int r = 0; r < 2 * kMTiles; ++r) fr.rows[r] = m0 + warp_row0 + (r / 2) * 16 + (r % 2) * 8 + lane / 4;
+  const int col_in_tile = 2 * (lane % 4);
+
+  const float scale_l2 = static_cast<float>(p.scale) * kLog2e;
+  const float exp_scale = kScoresInLog2 ? 1.f : scale_l2;
+  ScoreMods mods{};
+#if HAS_SOFTCAP || HAS_ALIBI
+  mods.scale_l2 = scale_l2;
+#endif
+#if HAS_SOFTCAP
+  mods.scale_over_cap = static_cast<float>(p.scale / p.softcap);
+  mods.cap_l2 = static_cast<float>(p.softcap) * kLog2e;
+#endif
+#if HAS_ALIBI
+  mods.slope_l2 = static_cast<const float*>(p.alibi_slopes)[b * p.alibi_batch_stride + h] * kLog2e;
+#endif
+#if HAS_DROPOUT
+  const Dropout dropout{static_cast<unsigned long long>(p.dropout_seed), static_cast<unsigned>(p.dropout_threshold),
+                        static_cast<unsigned>(b), static_cast<unsigned>(h)};
+#endif
+
+  float acc_o[kMTiles][kOTiles][4];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int ot = 0; ot < kOTiles; ++ot)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_o[mt][ot][e] = 0.f;
+  OnlineSoftmax<kMTiles> softmax;
+  softmax.init();
+
+  for (int k = 0; k < num_tiles; ++k) {
+    const int tile = tiles.tile(k);
+    const int key0 = tile * kBlockN;
+
+    cp_async_wait<0>();  // K (and Q) landed ...
+    __syncthreads();     // ... for every thread, and every warp is done with the previous V
+    load_kv_tile<kHeadDimV, LayoutV>(smem_v, v_addr, key0, seq.seqlen_kv);
+    cp_async_commit();
+
+    float s[kMTiles][kNTiles][4];
+    gemm_qk(s, smem_q_u32, smem_k_u32, warp_row0, lane);
+    const int col0 = key0 + col_in_tile;
+    if constexpr (kScoresInLog2) mods.apply(s, fr, col0, mask.off);
+    if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) apply_mask(s, fr, col0, mask);
+    softmax.update(s, acc_o, exp_scale);
+#if HAS_DROPOUT
+    dropout.apply(s, fr, col0, lane);
+#endif
+    unsigned pf[kMTiles][kKSteps][4];
+    pack_p(s, pf);
+
+    cp_async_wait<0>();  // V landed ...
+    __syncthreads();     // ... for every thread, and every warp is done reading K
+    if (k + 1 < num_tiles) {
+      load_kv_tile<kHeadDim, LayoutQK>(smem_k, k_addr, tiles.tile(k + 1) * kBlockN, seq.seqlen_kv);
+      cp_async_commit();
+    }
+    gemm_pv(acc_o, pf, smem_v_u32, lane);
+  }
+
+  float sink_logit = 0.f;
+#if HAS_SINK_LOGITS
+  sink_logit = static_cast<const float*>(p.sink_logits)[h];
+#endif
+  float dropout_scale = 1.f;
+#if HAS_DROPOUT
+  dropout_scale = static_cast<float>(p.dropout_scale);
+#endif
+  float out_scale[2 * kMTiles], lse[2 * kMTiles];
+  softmax.finalize(exp_scale, sink_logit, dropout_scale, out_scale, lse);
+
+  cp_async_wait<0>();  // nothing may still be landing in region 0 (no tiles: the Q load)
+  __syncthreads();     // every warp is done with Q, K and V
+  store_output(p, acc_o, out_scale, lse, smem_q, fr, warp_row0, lane, b, h, seq, m0);
+}
