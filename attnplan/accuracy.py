@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .interop import as_tensor, to_float
+from .interop import Tensor, as_tensor, to_float
 
 
 def host_f64(x) -> np.ndarray:
     """Any array (NumPy, CuPy, torch, raw bf16 storage) as a float64 NumPy array."""
-    t = as_tensor(x, "array")
+    t = x if isinstance(x, Tensor) else as_tensor(x, "array")
     values = to_float(t, "f64")
     return values.get() if t.is_cuda else values
 

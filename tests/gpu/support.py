@@ -37,7 +37,7 @@ def reference_forward(desc, args, compute="f64", emulate=False, out_dtype="f64")
     lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
     lse = _storage(lse_shape, "f64" if out_dtype == "f64" else "f32", xp)
     exe.forward(bound, out, lse)
-    return out.data, lse.data
+    return out, lse
 
 
 def poisoned_outputs(desc, args):
