@@ -1,0 +1,78 @@
+"""Every kernel specialization of the common cells compiles with NVRTC to a cubin for sm_80, sm_89
+and sm_90a, on a machine with no GPU (NVRTC comes from the pip wheel of the nvrtc/cuda extras).
+
+The cells: f16/bf16 x head dims 64, 96, 128, 192, 256 x causal, each with no feature, with every
+feature at once (window, sink tokens, sink logits, ALiBi, softcap, dropout, varlen) and with paged KV,
+for every arch; and every feature alone at head dims 64 and 128 for sm_90a (the arch the GPU tests
+run on).  Forward and, where the backend has it, backward (no paged backward).  Compile time on a
+2-core CI machine bounds the matrix: every code path and every tile shape is in it, not every
+product of the two.  The disk cache (ATTNPLAN_CACHE_DIR) makes a second run nearly free.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import pytest
+
+from attnplan import AttentionDescriptor, PagedKV
+
+compiler = pytest.importorskip("attnplan.backends.nvrtc.compiler")
+try:
+    compiler.nvrtc_version()
+except compiler.NvrtcUnavailable as exc:  # pragma: no cover - CI installs NVRTC
+    pytest.skip(f"NVRTC unavailable: {exc}", allow_module_level=True)
+
+from attnplan.backends.nvrtc.warmup import compile_all, keys_for  # noqa: E402
+
+DTYPES = ("f16", "bf16")
+HEAD_DIMS = (64, 96, 128, 192, 256)
+EVERYTHING = dict(window=(128, 0), sink_tokens=4, sink_logits=True, alibi=True, softcap=30.0, dropout_p=0.1,
+                  layout="thd")
+EVERY_ARCH_VARIANTS = {"plain": {}, "everything": EVERYTHING, "paged": dict(paged=PagedKV(64, 4))}
+SINGLE_FEATURES = {"window": dict(window=(128, 0)), "sinks": dict(window=(128, 0), sink_tokens=4),
+                   "sink_logits": dict(sink_logits=True), "alibi": dict(alibi=True), "softcap": dict(softcap=30.0),
+                   "two_sided_window": dict(window=(64, 64)), "dropout": dict(dropout_p=0.1),
+                   "varlen": dict(layout="thd"), "paged": dict(paged=PagedKV(64, 4))}
+SINGLE_FEATURE_HEAD_DIMS = (64, 128)
+ARCHS = {"sm_80": 80, "sm_89": 89, "sm_90a": 90}
+
+
+def _descriptors(variants: dict, head_dims=HEAD_DIMS) -> list[AttentionDescriptor]:
+    descs = []
+    for dtype, head_dim, causal, direction, extra in itertools.product(
+            DTYPES, head_dims, (False, True), ("forward", "backward"), variants.values()):
+        if direction == "backward" and "paged" in extra:
+            continue
+        fields = dict(batch=2, seqlen_q=256, seqlen_kv=256, heads_q=4, heads_kv=2, head_dim=head_dim, dtype=dtype,
+                      causal=causal, direction=direction, **extra)
+        if fields.get("window"):   # causal bounds the right side; without it, look 32 keys ahead
+            fields["window"] = (fields["window"][0], 0 if causal else max(fields["window"][1], 32))
+        descs.append(AttentionDescriptor(**fields))
+    return descs
+
+
+def _keys(arch_name: str, variants: dict, head_dims=HEAD_DIMS):
+    keys = keys_for(_descriptors(variants, head_dims), ARCHS[arch_name])
+    return [attrs.evolve(k, arch=arch_name) for k in keys]
+
+
+def test_common_cells_compile_for_every_arch():
+    keys = [k for arch in ARCHS for k in _keys(arch, EVERY_ARCH_VARIANTS)]
+    keys += _keys("sm_90a", SINGLE_FEATURES, SINGLE_FEATURE_HEAD_DIMS)
+    keys = list({k.name: k for k in keys}.values())
+    directions = {k.direction for k in keys}
+    assert "forward" in directions and len(keys) >= len(ARCHS) * len(DTYPES) * len(HEAD_DIMS) * 2 * 3
+    assert {k.arch for k in keys} == set(ARCHS)
+    failures = compile_all(keys, workers=None)
+    assert failures == 0, f"{failures} of {len(keys)} kernels failed to compile (logs above)"
+
+
+def test_compile_error_carries_the_log_and_the_key():
+    from attnplan.errors import KernelCompileError
+    key = _keys("sm_90a", {"plain": {}})[0]
+    with pytest.raises(KernelCompileError) as info:
+        compiler.compile_source(compiler.source_for(key) + "\nthis is not C++;\n", key.name, compiler.options_for(key))
+    message = str(info.value)
+    assert key.name in message and "error" in message.lower()
