@@ -1,0 +1,160 @@
+"""`attnplan bench` (a sweep; table, JSON, plot) and `attnplan bench compare A.json B.json`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+GPU_SEQLENS = "512,1024,2048,4096,8192,16384"
+CPU_SEQLENS = "32,64"          # the reference on a CPU: small problems, so the command never just fails
+CPU_TOKENS = 128
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _words(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark every backend (and PyTorch SDPA peers) on a problem sweep",
+                       description="Sweeps FlashAttention's standard setup (16k tokens, hidden 2048) by default.")
+    p.add_argument("--dtypes", type=_words, default=["bf16"])
+    p.add_argument("--head-dims", type=_ints, default=[64, 128])
+    p.add_argument("--seqlens", type=_ints, default=None, help=f"default {GPU_SEQLENS} (GPU), {CPU_SEQLENS} (CPU)")
+    p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
+    p.add_argument("--directions", type=_words, default=["forward", "backward"])
+    p.add_argument("--features", type=_words, default=[], help="any of window,gqa,varlen,paged (added to every problem)")
+    p.add_argument("--tokens", type=int, default=None, help="tokens per problem (default 16384 on GPU)")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--backends", type=_words, default=None, help="our backends to run (default: all that accept)")
+    p.add_argument("--peers", type=_words, default=None, help="peers to run (default: all installed; 'none')")
+    p.add_argument("--baseline", default=None, help="backend the ratio column divides by (default torch.flash)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--output", default=None, help="results JSON (default bench/results/<date>-<device>.json)")
+    p.add_argument("--plot", default=None, help="PNG path (default: beside the JSON)")
+    p.add_argument("--no-save", action="store_true", help="print the table only")
+    p.set_defaults(func=cmd_bench)
+    inner = p.add_subparsers(dest="bench_command")
+    c = inner.add_parser("compare", help="per-problem ratios of B to A; exit 1 on regressions")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--threshold", type=float, default=0.05)
+    c.set_defaults(func=cmd_compare)
+
+
+def cmd_bench(args) -> int:
+    from attnplan.device import default_device
+    from . import results as results_io
+    from .problems import sweep
+    from .runner import run_sweep
+
+    console = _console()
+    on_gpu = default_device().kind == "cuda"
+    seqlens = args.seqlens or _ints(GPU_SEQLENS if on_gpu else CPU_SEQLENS)
+    tokens = args.tokens or (16384 if on_gpu else CPU_TOKENS)
+    hidden = args.hidden if on_gpu or args.tokens else min(args.hidden, 128)
+    causals = {"both": [False, True], "yes": [True], "no": [False]}[args.causal]
+    for direction in args.directions:
+        if direction not in ("forward", "backward"):
+            console.print(f"[red]--directions: {direction!r} is not forward or backward[/red]")
+            return 2
+    try:
+        problems = sweep(args.dtypes, args.head_dims, seqlens, causals, args.directions, args.features, tokens, hidden)
+        problems[0].descriptor() if problems else None
+    except Exception as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    peer_names = [] if args.peers == ["none"] else args.peers
+    repeats = args.repeats or (30 if on_gpu else 3)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(problems))
+        data = run_sweep(problems, backends=args.backends, peer_names=peer_names, repeats=repeats,
+                         warmup=args.warmup, on_problem=lambda _: progress.advance(task))
+    console.print(results_table(data, args.baseline))
+    if not data["rows"]:
+        console.print("[yellow]no backend accepted any problem[/yellow]")
+    if args.no_save:
+        return 0
+    path = results_io.write(data, args.output or results_io.default_path(data))
+    console.print(f"results: {path}")
+    try:
+        from .plots import plot
+        png = plot(data, args.plot or path.with_suffix(".png"))
+        console.print(f"plot: {png}")
+    except ImportError:
+        console.print("[yellow]matplotlib not installed: no plot (pip install attnplan[bench])[/yellow]")
+    except ValueError as exc:
+        console.print(f"[yellow]no plot: {exc}[/yellow]")
+    return 0 if all(r["correct"] for r in data["rows"] if "error" not in r) else 1
+
+
+def results_table(data: dict, baseline: str | None = None) -> Table:
+    names = {r["backend"] for r in data["rows"]}
+    baseline = baseline or ("torch.flash" if "torch.flash" in names else None)
+    table = Table(title=f"{data['device']['name']}  (TFLOP/s; ratio to {baseline or '-'})")
+    for column in ("problem", "backend", "ms", "TFLOP/s", "ratio", "correct", "first call ms", "kernel"):
+        table.add_column(column, justify="right" if column in ("ms", "TFLOP/s", "ratio", "first call ms") else "left")
+    base = {}
+    for r in data["rows"]:
+        if r["backend"] == baseline and r.get("tflops"):
+            base[_label(r["problem"])] = r["tflops"]
+    for r in data["rows"]:
+        label = _label(r["problem"])
+        ratio = r["tflops"] / base[label] if r.get("tflops") and label in base else None
+        verdict = "yes" if r["correct"] else ("error" if "error" in r else "[red]WRONG[/red]")
+        table.add_row(label, r["backend"], f"{r['ms']:.3f}" if r.get("ms") else "-",
+                      f"{r['tflops']:.3g}" if r.get("tflops") else "-", f"{ratio:.2f}" if ratio else "-",
+                      verdict, f"{r.get('first_call_ms', 0):.0f}", (r.get("sku") or {}).get("kernel", "")
+                      if r.get("sku") else r.get("error", "")[:60])
+    return table
+
+
+def _label(p: dict) -> str:
+    from .problems import BenchProblem
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k != "flops"}
+    return BenchProblem(**fields).label
+
+
+def cmd_compare(args) -> int:
+    from . import results as results_io
+    console = _console()
+    try:
+        a, b = results_io.load(args.a), results_io.load(args.b)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    rows = results_io.compare(a, b, args.threshold)
+    table = Table(title=f"B / A TFLOP/s (regression: below {1 - args.threshold:.2f})")
+    for column in ("problem", "backend", "A", "B", "B/A", ""):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(_label(r["problem"]), r["backend"], _fmt(r["a_tflops"]), _fmt(r["b_tflops"]),
+                      f"{r['ratio']:.3f}" if r["ratio"] else "-", "[red]REGRESSION[/red]" if r["regression"] else "")
+    console.print(table)
+    if not rows:
+        console.print("[yellow]no problem/backend in common[/yellow]")
+    return 1 if any(r["regression"] for r in rows) else 0
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=220)
+
+
+def _fmt(x) -> str:
+    return f"{x:.1f}" if x else "-"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(0)

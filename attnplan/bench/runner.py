@@ -1,0 +1,173 @@
+"""One sweep: for every problem, every registered backend that accepts it and every installed
+peer, each checked against the reference before its time counts."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+from typing import Callable, Iterable, Optional
+
+import attnplan
+from attnplan import registry
+from attnplan.arguments import bind_arguments
+from attnplan.backends.reference import ReferenceBackend
+from attnplan.device import Device, default_device
+from attnplan.dtypes import lse_dtype, output_dtype
+from attnplan.interop import as_tensor, empty, wrap_storage
+from attnplan.plan import explain
+from attnplan.problems import random_inputs
+
+from . import peers
+from .ceilings import measure_ceilings
+from .contenders import prepare_plan
+from .measure import is_correct, median, relative_error, time_launches
+from .problems import BenchProblem
+
+MAX_INPUT_SETS = 4
+
+
+def _input_sets(desc, device: Device, seed: int) -> list[dict]:
+    first = random_inputs(desc, device, seed=seed, vary_lengths=False)
+    nbytes = sum(as_tensor(first[n], n).data.nbytes for n in ("q", "k", "v"))
+    l2 = _l2_bytes(device)
+    count = min(MAX_INPUT_SETS, max(1, math.ceil(2 * l2 / max(nbytes, 1)))) if device.kind == "cuda" else 1
+    return [first] + [random_inputs(desc, device, seed=seed + i, vary_lengths=False) for i in range(1, count)]
+
+
+def _l2_bytes(device: Device) -> int:
+    if device.kind != "cuda":
+        return 0
+    import cupy
+    return int(cupy.cuda.runtime.getDeviceProperties(device.index)["l2CacheSize"])
+
+
+def _reference(desc, args: dict, out_dtype: str, compute: str = "f32"):
+    """(out, lse) storages of the reference forward of `desc` (direction forward)."""
+    fwd = desc.replace(direction="forward")
+    exe = ReferenceBackend().build(fwd, default_device(), {"compute": compute})
+    bound = bind_arguments(fwd, {k: v for k, v in args.items() if k in _FORWARD_ARGS}, check_values=False)
+    q = bound.q
+    out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), out_dtype, q), out_dtype)
+    lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
+    lse = wrap_storage(empty(lse_shape, lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
+    exe.forward(bound, out, lse)
+    return out, lse
+
+
+_FORWARD_ARGS = ("q", "k", "v", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv", "block_table",
+                 "seqlens_kv", "dropout_seed")
+
+
+def _reference_grads(desc, args: dict, fixed: dict) -> dict:
+    exe = ReferenceBackend().build(desc, default_device(), {"compute": "f32"})
+    bound = bind_arguments(desc, {**{k: v for k, v in args.items() if k in _FORWARD_ARGS + ("dout",)}, **fixed},
+                           check_values=False)
+    grads = {}
+    for name, t in (("dq", bound.q), ("dk", bound.k), ("dv", bound.v)):
+        grads[name] = wrap_storage(empty(t.shape, "f32", t), "f32")
+    dsink = wrap_storage(empty((desc.heads_q,), "f32", bound.q), "f32") if desc.sink_logits else None
+    exe.backward(bound, grads["dq"], grads["dk"], grads["dv"], dsink)
+    return grads
+
+
+def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = None, peer_names=None,
+              repeats: int = 20, warmup: int = 3, seed: int = 0, include_reference: bool = False,
+              on_row: Optional[Callable[[dict], None]] = None,
+              on_problem: Optional[Callable[[BenchProblem], None]] = None) -> dict:
+    device = default_device()
+    on_gpu = device.kind == "cuda"
+    peer_names = peers.available_peers() if peer_names is None else list(peer_names)
+    rows, skipped = [], []
+    for problem in problems:
+        desc = problem.descriptor()
+        sets = _input_sets(desc, device, seed)
+        if desc.direction == "forward":
+            fixed = [{} for _ in sets]
+            want = {"out": _reference(desc, sets[0], "f32")[0]}
+        else:
+            fixed = []
+            for s in sets:
+                out, lse = _reference(desc, s, output_dtype(desc.dtype))
+                fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
+            want = _reference_grads(desc, sets[0], fixed[0])
+        contenders = []
+        for verdict in explain(desc, device):
+            if backends is not None and verdict.backend not in backends:
+                continue
+            if verdict.backend == "reference" and not (include_reference or not on_gpu):
+                continue
+            if not verdict.accepted:
+                skipped.append({"problem": problem.as_dict(), "backend": verdict.backend,
+                                "reason": "; ".join(verdict.reasons)})
+                continue
+            contenders.append((verdict.backend, lambda b=verdict.backend: prepare_plan(b, desc, sets, fixed)))
+        for name in peer_names:
+            reason = peers.peer_reason(name, desc)
+            if reason:
+                skipped.append({"problem": problem.as_dict(), "backend": name, "reason": reason})
+                continue
+            contenders.append((name, lambda n=name: peers.prepare_torch(n, desc, sets, fixed)))
+        for name, prepare in contenders:
+            row = _measure(problem, desc, name, prepare, want, len(sets), repeats, warmup, on_gpu)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+        if on_problem:
+            on_problem(problem)
+    return {"device": device_description(device), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "versions": versions(), "ceilings": measure_ceilings() if on_gpu else {},
+            "settings": {"repeats": repeats, "warmup": warmup, "max_input_sets": MAX_INPUT_SETS,
+                         "timing": "CUDA events per call, median; inputs rotated over sets so L2 does not flatter",
+                         "correctness": "max|err|/max|ref| against the float32 reference within "
+                                        "bf16 2^-5, f16 2^-8 before the time counts"},
+            "rows": rows, "skipped": skipped}
+
+
+def _measure(problem, desc, name, prepare, want, sets, repeats, warmup, on_gpu) -> dict:
+    row = {"problem": {**problem.as_dict(), "flops": desc.flops()}, "backend": name, "sku": None, "ms": None,
+           "tflops": None, "correct": False}
+    try:
+        prepared = prepare()
+    except Exception as exc:  # a peer or plan that fails to run is reported, not timed
+        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        return row
+    row["sku"], row["first_call_ms"] = prepared.sku, round(prepared.first_call_ms, 3)
+    error = relative_error(prepared.outputs(0), want, desc.dtype)
+    row["max_relative_error"] = error
+    row["correct"] = is_correct(error, desc.dtype)
+    if not row["correct"]:
+        return row                        # a wrong answer is reported as wrong, not timed
+    times = time_launches(prepared, sets, repeats, warmup, on_gpu)
+    row["ms"] = median(times)
+    row["tflops"] = desc.flops() / (row["ms"] * 1e-3) / 1e12
+    row["times_ms"] = [round(t, 5) for t in times]
+    return row
+
+
+def device_description(device: Device) -> dict:
+    info = {"name": str(device), "kind": device.kind, "arch": device.arch_name}
+    if device.kind == "cuda":
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(device.index)
+        info.update({"name": props["name"].decode(), "sm_count": props["multiProcessorCount"],
+                     "driver": cupy.cuda.runtime.driverGetVersion(), "runtime": cupy.cuda.runtime.runtimeGetVersion()})
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def versions() -> dict:
+    out = {"attnplan": attnplan.__version__, "python": platform.python_version()}
+    for backend in registry.ordered(None, False):
+        try:
+            out.update(backend.library_versions())
+        except Exception:
+            pass
+    try:
+        import torch
+        out["torch"] = torch.__version__
+        out["torch_cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+    return out
