@@ -36,7 +36,7 @@ def _timed_first_call(build: Callable[[], Callable[[int], object]]) -> tuple[Cal
     return launch, (time.perf_counter() - start) * 1e3
 
 
-def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: dict) -> Prepared:
+def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: Optional[Plan] = None) -> Prepared:
     """One of our backends.  `input_sets` hold q/k/v/... per set; `fixed` holds out/lse/dout
     per set for backward (computed once by the reference)."""
     from attnplan.interop import empty, wrap_storage, as_tensor
@@ -46,8 +46,8 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: dict) -> Pre
     plan_holder: dict = {}
 
     def build():
-        plan = Plan.select(desc, prefer=backend, restrict=True)
-        plan_holder["plan"] = plan
+        chosen = plan or Plan.select(desc, prefer=backend, restrict=True)
+        plan_holder["plan"] = chosen
         q = as_tensor(input_sets[0]["q"], "q")
         if desc.direction == "forward":
             shape = q.shape[:-1] + (desc.head_dim_v,)
@@ -59,11 +59,11 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: dict) -> Pre
                    for _ in input_sets]
 
             def launch(i):
-                plan.run(check_values=False, out=out[i], lse=lse[i], **input_sets[i])
+                chosen.run(check_values=False, out=out[i], lse=lse[i], **input_sets[i])
                 results[i] = {"out": out[i], "lse": lse[i]}
         else:
             def launch(i):
-                grads = plan.run(check_values=False, **input_sets[i], **fixed[i])
+                grads = chosen.run(check_values=False, **input_sets[i], **fixed[i])
                 results[i] = dict(zip(("dq", "dk", "dv"), grads))
         return launch
 

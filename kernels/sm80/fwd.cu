@@ -465,7 +465,14 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
   using namespace attn;
   using namespace attn::sm80;
 
-  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // Heaviest query tiles first (with causal masking the last tiles see the most keys), so the
+  // long CTAs start early and the short ones fill the tail of the wave.
+#ifdef ATTN_M_ORDER_ASCENDING
+  const int m_block = blockIdx.x;
+#else
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+#endif
+  const int h = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
   const int m0 = m_block * kBlockM;
   if (m0 >= seq.seqlen_q) return;
