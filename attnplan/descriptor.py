@@ -120,7 +120,9 @@ class AttentionDescriptor:
 
     @scale.default
     def _scale_default(self):
-        return 1.0 / math.sqrt(self.head_dim)
+        # Defaults run before validators: a bad head_dim must reach its own validator, not divide by 0.
+        valid = isinstance(self.head_dim, int) and not isinstance(self.head_dim, bool) and self.head_dim > 0
+        return 1.0 / math.sqrt(self.head_dim) if valid else 1.0
 
     @varlen.default
     def _varlen_default(self):

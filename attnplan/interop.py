@@ -98,6 +98,12 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(x.view(raw) if raw is not None and x.dtype != raw else x, logical, "cupy", x)
     if module.startswith("torch"):
         return _from_torch(x, name)
+    if hasattr(x, "__dlpack__") and _dlpack_on_host(x):
+        try:
+            data = np.from_dlpack(x)
+        except Exception as exc:
+            raise InvalidArguments(name, f"could not be viewed through DLPack: {exc}") from exc
+        return Tensor(data, _logical_dtype(data.dtype), "dlpack", x)
     if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__"):
         try:
             cp = _cupy()
@@ -107,6 +113,16 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(data, _logical_dtype(data.dtype), "dlpack", x)
     raise InvalidArguments(
         name, f"is a {type(x).__name__}; expected a NumPy, CuPy, PyTorch or DLPack array")
+
+
+_DLPACK_HOST_DEVICES = (1, 3)     # kDLCPU, kDLCUDAHost
+
+
+def _dlpack_on_host(x) -> bool:
+    try:
+        return int(x.__dlpack_device__()[0]) in _DLPACK_HOST_DEVICES
+    except Exception:
+        return False
 
 
 def as_host_index(x, name: str) -> np.ndarray:
