@@ -8,6 +8,7 @@ import platform
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, registry
@@ -90,7 +91,8 @@ def cmd_info(args) -> int:
 def _verdict_table(verdicts) -> Table:
     table = Table("backend", "kernel", "verdict", show_lines=False)
     for v in verdicts:
-        table.add_row(v.backend, v.kernel, "[green]accepted[/green]" if v.accepted else "; ".join(v.reasons))
+        # Reasons are plain text: "[cuda13]" in a pip hint must not be read as rich markup.
+        table.add_row(v.backend, v.kernel, "[green]accepted[/green]" if v.accepted else escape("; ".join(v.reasons)))
     return table
 
 
