@@ -1,0 +1,103 @@
+"""The cuDNN frontend (`import cudnn`), loaded lazily, and one cuDNN handle per (thread, device).
+
+Nothing here runs at import: `import attnplan` must work without any GPU library.  A missing
+frontend, an unloadable libcudnn or a too-old one is reported as a reason string.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from .mapping import MIN_BACKEND_TEXT, MIN_BACKEND_VERSION
+
+_lock = threading.Lock()
+_loaded = False
+_module = None
+_problem: Optional[str] = None
+_local = threading.local()
+
+
+def version_text(version: int) -> str:
+    """cuDNN 9 encodes versions as major * 10000 + minor * 100 + patch."""
+    return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+
+
+def _load() -> None:
+    global _loaded, _module, _problem
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        try:
+            import cudnn
+        except Exception as exc:  # ImportError, or a broken install failing at import
+            _problem = (f"the cuDNN frontend is not installed (pip install nvidia-cudnn-frontend, or "
+                        f"attnplan[cuda13] / [cuda12]): {type(exc).__name__}: {exc}")
+            return
+        try:
+            version = int(cudnn.backend_version())
+        except Exception as exc:
+            _problem = f"libcudnn (cuDNN 9) could not be loaded by the cuDNN frontend: {type(exc).__name__}: {exc}"
+            return
+        if version <= 0:
+            _problem = "libcudnn (cuDNN 9) could not be loaded by the cuDNN frontend"
+            return
+        if version < MIN_BACKEND_VERSION:
+            _problem = f"cuDNN {version_text(version)} is too old: this backend needs cuDNN >= {MIN_BACKEND_TEXT}"
+            return
+        if not hasattr(cudnn, "pygraph") or not hasattr(cudnn, "diagonal_alignment"):
+            _problem = (f"the cuDNN frontend {getattr(cudnn, '__version__', '?')} is too old: it has no "
+                        "diagonal-band SDPA graph API (needs nvidia-cudnn-frontend >= 1.10)")
+            return
+        _module = cudnn
+
+
+def problem() -> Optional[str]:
+    """Why cuDNN cannot be used in this process, or None."""
+    _load()
+    return _problem
+
+
+def module():
+    """The `cudnn` module; call only when `problem()` is None."""
+    _load()
+    if _module is None:
+        raise RuntimeError(_problem or "cuDNN is not available")
+    return _module
+
+
+def versions() -> dict:
+    """cuDNN library and frontend versions, for SKUs and `attnplan info` (empty when absent)."""
+    _load()
+    out = {}
+    try:
+        import cudnn
+    except Exception:
+        return out
+    out["cudnn_frontend"] = str(getattr(cudnn, "__version__", "?"))
+    try:
+        version = int(cudnn.backend_version())
+        if version > 0:
+            out["cudnn"] = version_text(version)
+    except Exception:
+        pass
+    return out
+
+
+def handle(device_index: int, stream: Optional[int] = None):
+    """This thread's cuDNN handle for `device_index` (cuDNN handles are not to be shared across
+    threads), set to run on `stream` when one is given."""
+    cudnn = module()
+    handles = getattr(_local, "handles", None)
+    if handles is None:
+        handles = _local.handles = {}
+    h = handles.get(device_index)
+    if h is None:
+        import cupy
+        with cupy.cuda.Device(device_index):
+            h = cudnn.create_handle()
+        handles[device_index] = h
+    if stream is not None:
+        cudnn.set_stream(h, int(stream))
+    return h

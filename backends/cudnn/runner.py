@@ -1,0 +1,236 @@
+"""Running cuDNN SDPA graphs on bound arguments: pointers into a variant pack (uid -> address),
+the small per-call index tensors cuDNN wants (sequence lengths, ragged offsets, dropout seed),
+the LSE layout conversions, and the workspace."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Optional
+
+import numpy as np
+
+from attnplan.descriptor import AttentionDescriptor
+from attnplan.errors import InvalidArguments
+from attnplan.streams import stream_handle
+
+from . import library
+from .graphs import GRAPHS, BuiltGraph, GraphUnsupported
+from .mapping import Geometry, make_geometry
+
+ALIGN_BYTES = 16
+INT32_MAX = 2**31 - 1
+
+
+class _StreamRef:
+    """A raw cudaStream_t seen through the CUDA stream protocol."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+def on_stream(cupy, ptr: int, device_index: int):
+    """A context that makes CuPy's small index kernels run on the caller's stream `ptr`."""
+    if ptr == cupy.cuda.get_current_stream().ptr:
+        return contextlib.nullcontext()
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamRef(ptr))
+    return cupy.cuda.ExternalStream(ptr, device_index)
+
+
+class _Workspaces:
+    """One workspace per device, allocated on first need and grown, reused across calls.
+    (Calls that overlap on different streams should pass their own `workspace=`.)"""
+
+    def __init__(self):
+        self._buffers: dict = {}
+        self._lock = threading.Lock()
+
+    def pointer(self, device_index: int, need: int, given) -> int:
+        if need <= 0:
+            return 0
+        if given is not None and given.data.nbytes >= need:
+            return given.ptr
+        import cupy
+        with self._lock:
+            buffer = self._buffers.get(device_index)
+            if buffer is None or buffer.nbytes < need:
+                with cupy.cuda.Device(device_index):
+                    buffer = cupy.empty(need, dtype=cupy.uint8)
+                self._buffers[device_index] = buffer
+            return int(buffer.data.ptr)
+
+
+class CudnnRunner:
+    """The forward or backward of one descriptor (one per built Executable)."""
+
+    def __init__(self, desc: AttentionDescriptor, canonical: BuiltGraph, plan_name: Optional[str] = None):
+        self.desc, self.canonical, self.plan_name = desc, canonical, plan_name
+        self.workspaces = _Workspaces()
+        self._constants: dict = {}
+
+    # -- argument checks --------------------------------------------------------------------
+
+    def check_arguments(self, bound) -> None:
+        for name in ("q", "k", "v", "out", "dout", "lse"):
+            t = getattr(bound, name, None)
+            if t is None or not t.is_cuda:
+                continue
+            if t.ptr % ALIGN_BYTES:
+                raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+        if self.desc.layout == "thd":
+            for name in ("q", "k", "v", "out", "dout"):
+                t = getattr(bound, name, None)
+                if t is not None and t.shape[0] * max(t.strides[0], 1) > INT32_MAX and not \
+                        (name in ("k", "v") and self.desc.paged is not None):
+                    raise InvalidArguments(name, "is too large for cuDNN's int32 ragged offsets")
+
+    # -- graphs ----------------------------------------------------------------------------
+
+    def _graph(self, device_index: int, geometry: Geometry, culprit: str) -> BuiltGraph:
+        try:
+            return GRAPHS.get(self.desc, device_index, geometry, self.plan_name)
+        except GraphUnsupported as exc:
+            raise InvalidArguments(culprit, f"cuDNN rejects a graph for these strides: {exc}") from None
+
+    def _geometry(self, tensors: dict, bound, stats: bool) -> Geometry:
+        num_pages = table_stride = 0
+        if self.desc.paged is not None:
+            num_pages = bound.k.shape[0]
+            table_stride = bound.block_table.strides[0]
+        return make_geometry(self.desc, {role: t.strides for role, t in tensors.items()}, num_pages, table_stride, stats)
+
+    # -- per-call index tensors ------------------------------------------------------------
+
+    def _constant_lengths(self, cupy, device_index: int, value: int):
+        """A device array of `batch` copies of `value`, made once and kept."""
+        key = (value, device_index)
+        if key not in self._constants:
+            self._constants[key] = cupy.full(self.desc.batch, value, dtype=cupy.int32)
+        return self._constants[key]
+
+    def _index_pointers(self, cupy, bound, built: BuiltGraph, keep: list) -> dict:
+        """Pointers of sequence lengths, ragged offsets, page tables, dropout seed, sink logits."""
+        desc, ptrs = self.desc, {}
+
+        def contiguous(t):
+            array = cupy.ascontiguousarray(t.data)
+            keep.append(array)
+            return array
+
+        cu_q = contiguous(bound.cu_seqlens_q) if desc.varlen else None
+        cu_kv = contiguous(bound.cu_seqlens_kv) if desc.varlen and desc.paged is None else None
+        if "seq_q" in built.uids:
+            if cu_q is not None:
+                seq_q = (cu_q[1:] - cu_q[:-1]).astype(cupy.int32)
+            else:
+                seq_q = self._constant_lengths(cupy, bound.q.device_index, desc.seqlen_q)
+            if desc.paged is not None:
+                seq_kv = contiguous(bound.seqlens_kv)
+            elif cu_kv is not None:
+                seq_kv = (cu_kv[1:] - cu_kv[:-1]).astype(cupy.int32)
+            else:
+                seq_kv = self._constant_lengths(cupy, bound.q.device_index, desc.seqlen_kv)
+            keep += [seq_q, seq_kv]
+            ptrs["seq_q"], ptrs["seq_kv"] = seq_q.data.ptr, seq_kv.data.ptr
+        for key, side, stride in built.offsets:
+            cu = cu_q if side == "q" else cu_kv
+            offsets = (cu.astype(cupy.int64) * stride).astype(cupy.int32)
+            keep.append(offsets)
+            ptrs[key] = offsets.data.ptr
+        if desc.paged is not None and "table_k" in built.uids:
+            ptrs["table_k"] = ptrs["table_v"] = bound.block_table.ptr
+        if desc.dropout_p > 0:
+            seed = cupy.asarray(np.array([bound.dropout_seed], dtype=np.uint64).view(np.int64))
+            offset = cupy.zeros(1, dtype=cupy.int64)
+            keep += [seed, offset]
+            ptrs["seed"], ptrs["rng_offset"] = seed.data.ptr, offset.data.ptr
+        if desc.sink_logits:
+            ptrs["sink"] = contiguous(bound.sink_logits).data.ptr
+        return ptrs
+
+    @staticmethod
+    def _token_positions(cupy, cu_q, total: int):
+        """(sequence, position) of every packed query token."""
+        tokens = cupy.arange(total, dtype=cupy.int32)
+        seq = cupy.searchsorted(cu_q[1:], tokens, side="right").astype(cupy.int32)
+        return seq, tokens - cu_q[seq]
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, bound, out, lse) -> None:
+        import cupy
+
+        desc = self.desc
+        device_index = bound.q.device_index
+        self.check_arguments(bound)
+        for name, t in (("out", out), ("lse", lse)):
+            if t is not None and t.ptr % ALIGN_BYTES:
+                raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+        tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": out}
+        built = self._graph(device_index, self._geometry(tensors, bound, lse is not None), "q")
+        stream = stream_handle(bound.stream, bound.q.origin)
+        keep: list = []
+        with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
+            ptrs = {role: t.ptr for role, t in tensors.items()}
+            ptrs.update(self._index_pointers(cupy, bound, built, keep))
+            stats = None
+            if lse is not None:
+                dense_ok = desc.layout != "thd" and lse.data.flags.c_contiguous
+                stats = lse.data if dense_ok else cupy.empty((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
+                ptrs["stats"] = stats.data.ptr
+            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            built.execute(ptrs, workspace, library.handle(device_index, stream))
+            if lse is not None and stats is not lse.data:
+                if desc.layout == "thd":
+                    total = bound.q.shape[0]
+                    if total:
+                        cu_q = cupy.ascontiguousarray(bound.cu_seqlens_q.data)
+                        seq, pos = self._token_positions(cupy, cu_q, total)
+                        lse.data[...] = stats[seq, :, pos].T
+                else:
+                    lse.data[...] = stats
+
+    # -- backward --------------------------------------------------------------------------
+
+    def backward(self, bound, dq, dk, dv, dsink) -> None:
+        import cupy
+
+        desc = self.desc
+        device_index = bound.q.device_index
+        self.check_arguments(bound)
+        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
+            if t.ptr % ALIGN_BYTES:
+                raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+        tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": bound.out, "do": bound.dout,
+                   "dq": dq, "dk": dk, "dv": dv}
+        built = self._graph(device_index, self._geometry(tensors, bound, False), "q")
+        stream = stream_handle(bound.stream, bound.q.origin)
+        keep: list = []
+        with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
+            ptrs = {role: t.ptr for role, t in tensors.items()}
+            ptrs.update(self._index_pointers(cupy, bound, built, keep))
+            lse = bound.lse.data
+            if desc.layout == "thd":
+                stats = cupy.zeros((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
+                total = bound.q.shape[0]
+                if total:
+                    cu_q = cupy.ascontiguousarray(bound.cu_seqlens_q.data)
+                    seq, pos = self._token_positions(cupy, cu_q, total)
+                    stats[seq, :, pos] = lse.T
+            else:
+                stats = cupy.ascontiguousarray(lse, dtype=cupy.float32)
+            keep.append(stats)
+            ptrs["stats"] = stats.data.ptr
+            if dsink is not None:
+                dsink.data.fill(0)
+                ptrs["dsink"] = dsink.ptr
+            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            built.execute(ptrs, workspace, library.handle(device_index, stream))
+
+
+__all__ = ["CudnnRunner"]
