@@ -99,10 +99,15 @@ def _check(name: str, t: Tensor, shape: tuple, dtypes: tuple, on_cuda: bool, dev
         where = f"cuda:{t.device_index}" if t.is_cuda else "the host"
         want = f"cuda:{device_index}" if on_cuda else "the host"
         raise InvalidArguments(name, f"lives on {where}, expected {want} like q")
-    if t.data.ndim and t.shape[-1] > 1 and t.strides[-1] != 1:
+    if t.data.size and t.shape[-1] > 1 and t.strides[-1] != 1:     # empty arrays have zero strides
         raise InvalidArguments(name, f"has innermost stride {t.strides[-1]}; the last dimension must be contiguous")
     if any(s < 0 for s in t.strides):
         raise InvalidArguments(name, "has a negative stride")
+
+
+def _writeable(t: Tensor) -> bool:
+    flags = getattr(t.data, "flags", None)
+    return bool(getattr(flags, "writeable", True))
 
 
 def _required(desc: AttentionDescriptor, direction: str) -> dict[str, bool]:
@@ -151,6 +156,8 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
             continue
         t = q if name == "q" else as_tensor(kwargs[name], name)
         _check(name, t, shapes[name], dtypes[name], on_cuda, index)
+        if name in ("out", "lse") and desc.direction == "forward" and not _writeable(t):
+            raise InvalidArguments(name, "is read-only; the plan writes its result there")
         bound[name] = t
     _check_matching_totals(desc, bound)
     if desc.alibi:

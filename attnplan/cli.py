@@ -200,7 +200,11 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except AttnPlanError as exc:
-        console.print(f"[red]{exc.__class__.__name__}[/red]: {exc}")
+        console.print(f"[red]{exc.__class__.__name__}[/red]: {escape(str(exc))}")
+        return 2
+    except (KeyError, ValueError) as exc:         # unknown --backend, malformed --device, ...
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        console.print(f"[red]error[/red]: {escape(str(message))}")
         return 2
 
 

@@ -6,6 +6,7 @@ import math
 from typing import Optional
 
 import attrs
+import numpy as np
 
 from .dtypes import DTYPE_NAMES, FP8_DTYPES
 from .errors import InvalidDescriptor
@@ -22,10 +23,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_at_least(low: int):
+def _plain_int(value):
+    """NumPy integers become Python ints (bools and everything else are left to the validator)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _int_at_least(low: int, owner: str = "AttentionDescriptor"):
     def check(_, attribute, value):
         if not _is_int(value) or value < low:
-            raise InvalidDescriptor(attribute.name, value, f"an integer >= {low}")
+            raise InvalidDescriptor(attribute.name, value, f"an integer >= {low}", owner)
     return check
 
 
@@ -73,8 +79,8 @@ def _window_valid(_, attribute, value):
 class PagedKV:
     """A paged KV cache: caches of `[num_pages, page_size, heads_kv, dim]` and a block table."""
 
-    page_size: int = attrs.field(validator=_int_at_least(1))
-    max_pages_per_seq: int = attrs.field(validator=_int_at_least(1))
+    page_size: int = attrs.field(converter=_plain_int, validator=_int_at_least(1, "PagedKV"))
+    max_pages_per_seq: int = attrs.field(converter=_plain_int, validator=_int_at_least(1, "PagedKV"))
 
 
 def _paged_valid(_, attribute, value):
@@ -90,20 +96,20 @@ class AttentionDescriptor:
     For paged KV, `seqlen_kv` is the maximum key length of a sequence.
     """
 
-    batch: int = attrs.field(validator=_int_at_least(1))
-    seqlen_q: int = attrs.field(validator=_int_at_least(1))
-    seqlen_kv: int = attrs.field(validator=_int_at_least(1))
-    heads_q: int = attrs.field(validator=_int_at_least(1))
-    heads_kv: int = attrs.field(validator=_int_at_least(1))
-    head_dim: int = attrs.field(validator=_int_between(1, MAX_HEAD_DIM))
-    head_dim_v: int = attrs.field(validator=_int_between(1, MAX_HEAD_DIM))
+    batch: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    seqlen_q: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    seqlen_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    heads_q: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    heads_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    head_dim: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
+    head_dim_v: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
     dtype: str = attrs.field(default="bf16", validator=_one_of(DTYPE_NAMES))
     layout: str = attrs.field(default="bshd", validator=_one_of(LAYOUTS))
     scale: float = attrs.field(validator=_finite_float(what="a finite number"))
     causal: bool = attrs.field(default=False, validator=_boolean)
     causal_alignment: str = attrs.field(default="bottom_right", validator=_one_of(CAUSAL_ALIGNMENTS))
     window: tuple = attrs.field(default=(-1, -1), converter=_window_pair, validator=_window_valid)
-    sink_tokens: int = attrs.field(default=0, validator=_int_at_least(0))
+    sink_tokens: int = attrs.field(default=0, converter=_plain_int, validator=_int_at_least(0))
     sink_logits: bool = attrs.field(default=False, validator=_boolean)
     alibi: bool = attrs.field(default=False, validator=_boolean)
     softcap: float = attrs.field(default=0.0, validator=_finite_float(0.0))
@@ -171,7 +177,17 @@ class AttentionDescriptor:
         return self.dtype in FP8_DTYPES
 
     def replace(self, **changes) -> "AttentionDescriptor":
-        return attrs.evolve(self, **changes)
+        """A copy with `changes`; fields left at their derived defaults (head_dim_v, scale, varlen)
+        are derived again from the new values unless given."""
+        derived = {"head_dim_v": self.head_dim_v == self.head_dim,
+                   "scale": self.scale == 1.0 / math.sqrt(self.head_dim),
+                   "varlen": self.varlen == (self.layout == "thd")}
+        fields = {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
+        for name, was_default in derived.items():
+            if was_default and name not in changes:
+                del fields[name]
+        fields.update(changes)
+        return type(self)(**fields)
 
     def to_dict(self) -> dict:
         data = attrs.asdict(self, recurse=True)

@@ -10,9 +10,9 @@ class AttnPlanError(Exception):
 class InvalidDescriptor(AttnPlanError, ValueError):
     """An `AttentionDescriptor` field holds a value that is not allowed."""
 
-    def __init__(self, field: str, value, allowed: str):
+    def __init__(self, field: str, value, allowed: str, owner: str = "AttentionDescriptor"):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"AttentionDescriptor.{field}={value!r} is invalid: {allowed}")
+        super().__init__(f"{owner}.{field}={value!r} is invalid: {allowed}")
 
 
 class InvalidArguments(AttnPlanError, ValueError):

@@ -93,7 +93,11 @@ class Plan:
             raise SkuMismatch(f"SKU is for {sku.arch}, device is {device.arch_name}")
         if sku.dtype != desc.dtype:
             raise SkuMismatch(f"SKU is for dtype {sku.dtype}, descriptor has {desc.dtype}")
-        plan = cls(desc, device, backend, backend.build(desc, device, sku.config_dict))
+        try:
+            executable = backend.build(desc, device, sku.config_dict)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SkuMismatch(f"backend {sku.backend!r} cannot build the pinned config {sku.config_dict}: {exc}") from None
+        plan = cls(desc, device, backend, executable)
         if plan.sku.identity() != sku.identity():
             raise SkuMismatch(f"backend built {plan.sku.kernel} {plan.sku.config_dict}, "
                               f"pinned SKU is {sku.kernel} {sku.config_dict}")

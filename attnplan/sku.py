@@ -16,8 +16,10 @@ def _frozen_mapping(value) -> tuple:
 
 
 def _freeze_value(value):
-    if isinstance(value, list):
-        return tuple(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return _frozen_mapping(value)
     return value
 
 
@@ -74,13 +76,22 @@ class KernelSku:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "KernelSku":
-        fields = dict(data)
-        fields["precision"] = PrecisionGuarantee(**fields["precision"])
-        return cls(**fields)
+        try:
+            fields = dict(data)
+            fields["precision"] = PrecisionGuarantee(**fields["precision"])
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            names = [f.name for f in attrs.fields(cls)]
+            raise ValueError(f"not a KernelSku ({type(exc).__name__}: {exc}); expected the fields {names} with "
+                             f"precision = {[f.name for f in attrs.fields(PrecisionGuarantee)]}") from None
 
     @classmethod
     def from_json(cls, text: str) -> "KernelSku":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a KernelSku JSON text: {exc}") from None
+        return cls.from_dict(data)
 
     def identity(self) -> tuple:
         """What must match for a pinned SKU to be 'the same kernel' (versions may differ)."""
