@@ -43,6 +43,7 @@ class Capabilities:
     gqa: bool = True
     varlen: bool = True
     paged: bool = True
+    paged_backward: bool = True       # paged KV in the backward pass too
     lse: bool = True
     deterministic_backward: bool = True
 
@@ -108,6 +109,11 @@ def _dropout_backward(c, d, dev):
         return "dropout in the backward pass not supported"
 
 
+def _paged_backward(c, d, dev):
+    if d.paged is not None and d.direction == "backward" and not c.paged_backward:
+        return "paged KV in the backward pass not supported"
+
+
 def _deterministic(c, d, dev):
     if d.deterministic and d.direction == "backward" and not c.deterministic_backward:
         return "no deterministic backward"
@@ -127,6 +133,7 @@ CHECKS: tuple[Check, ...] = (
     _flag("gqa", lambda d: d.heads_q != d.heads_kv, "GQA/MQA (heads_q != heads_kv)"),
     _flag("varlen", lambda d: d.varlen, "varlen (cu_seqlens)"),
     _flag("paged", lambda d: d.paged is not None, "paged KV"),
+    _paged_backward,
     _flag("lse", lambda d: d.return_lse, "returning LSE"),
     _deterministic,
 )

@@ -94,6 +94,41 @@ ATTN_HD KeyTileRange key_tile_range(int row_first, int row_last, int block_n, co
   return r;
 }
 
+// The query tiles [begin, end) that can see some key of [key_first, key_last] (key_last clipped to
+// seqlen_kv - 1): the backward pass's view of the same rule.  The rows that see a key form one
+// interval; a tile holding sink keys is seen by every causally allowed row (sinks ignore the window).
+struct QueryTileRange {
+  int begin;
+  int end;
+  ATTN_HD int count() const { return end - begin; }
+};
+
+ATTN_HD QueryTileRange query_tile_range(int key_first, int key_last, int seqlen_q, int block_m, const MaskInfo& m) {
+  int lo = 0, hi = seqlen_q - 1;  // candidate rows [lo, hi]
+#if IS_CAUSAL
+  lo = imax(lo, key_first - m.off);  // j <= i + off
+#endif
+#if HAS_WINDOW
+  int win_lo = lo, win_hi = hi;
+  if (m.window_right >= 0) win_lo = imax(win_lo, key_first - m.off - m.window_right);  // j <= i + off + right
+  if (m.window_left >= 0) win_hi = imin(win_hi, key_last - m.off + m.window_left);     // j >= i + off - left
+#if HAS_SINK_TOKENS
+  const bool has_sinks = key_first < m.sink_tokens;
+#else
+  const bool has_sinks = false;
+#endif
+  if (!has_sinks) {
+    lo = win_lo;
+    hi = win_hi;
+  }
+#endif
+  (void)key_last;
+  QueryTileRange r;
+  r.begin = lo / block_m;  // lo >= 0
+  r.end = hi < lo ? r.begin : hi / block_m + 1;
+  return r;
+}
+
 // False only when every key of tile `tile` is visible to every row in [row_first, row_last]
 // (then the per-element test can be skipped).  Checked against the window rule without the sink
 // exception, which only makes more keys visible, so a `false` here is always safe.

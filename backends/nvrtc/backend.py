@@ -22,6 +22,7 @@ from attnplan.sku import KernelSku, PrecisionGuarantee
 from attnplan.streams import stream_handle
 
 from . import compiler, launcher, params, sm80_tiles
+from .backward import BackwardRunner
 from .dispatch import DispatchKey, TileConfig
 from .launch_params import common_values
 
@@ -36,11 +37,32 @@ class Generation:
     min_arch: int
     capabilities: Capabilities
     choose_tiles: Callable[[AttentionDescriptor, int], TileConfig]
+    # The deterministic backward's dQ kernel tile (None: not deterministic / no such kernel).
+    choose_dq_tiles: Callable[[AttentionDescriptor, int], Optional[TileConfig]] = lambda desc, arch: None
+    # Buffer count of the backward's query-side tiles for a tile config.
+    choose_stages: Callable[[AttentionDescriptor, int, TileConfig], int] = lambda desc, arch, tiles: 1
 
 
 def _sm80_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
-    cfg = sm80_tiles.tile_config(desc.head_dim, desc.head_dim_v, arch)
+    if desc.direction == "backward":
+        cfg = sm80_tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch, desc.deterministic)
+    else:
+        cfg = sm80_tiles.tile_config(desc.head_dim, desc.head_dim_v, arch)
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
+
+
+def _sm80_dq_tiles(desc: AttentionDescriptor, arch: int) -> Optional[TileConfig]:
+    if desc.direction != "backward" or not desc.deterministic:
+        return None
+    cfg = sm80_tiles.dq_tile_config(desc.head_dim, desc.head_dim_v, arch)
+    return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
+
+
+def _sm80_stages(desc: AttentionDescriptor, arch: int, tiles: TileConfig) -> int:
+    if desc.direction != "backward":
+        return 1
+    return sm80_tiles.backward_stages(desc.head_dim, desc.head_dim_v, tiles.block_m, tiles.block_n, tiles.num_warps,
+                                      arch, desc.deterministic)
 
 
 SM80 = Generation(
@@ -49,9 +71,11 @@ SM80 = Generation(
     capabilities=Capabilities(
         devices=frozenset({"cuda"}), min_arch=80, dtypes=frozenset({"f16", "bf16"}),
         backward_dtypes=frozenset({"f16", "bf16"}), head_dims=frozenset(range(32, 257, 8)),
-        directions=frozenset({"forward"}),
+        directions=frozenset({"forward", "backward"}), paged_backward=False,
     ),
     choose_tiles=_sm80_tiles,
+    choose_dq_tiles=_sm80_dq_tiles,
+    choose_stages=_sm80_stages,
 )
 GENERATIONS = (SM80,)
 
@@ -89,6 +113,7 @@ class NvrtcBackend(Backend):
         if device.arch is not None:
             try:
                 generation.choose_tiles(desc, device.arch)
+                generation.choose_dq_tiles(desc, device.arch)
             except ValueError as exc:
                 reasons.append(str(exc))
         return reasons
@@ -102,15 +127,24 @@ class NvrtcBackend(Backend):
     def dispatch_key(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> DispatchKey:
         generation = _generation_for(device)
         tiles = generation.choose_tiles(desc, device.arch)
+        dq_tiles = generation.choose_dq_tiles(desc, device.arch)
         if config:
             tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
-        return DispatchKey.for_problem(desc, generation.name, compile_arch(generation, device.arch), tiles)
+            if dq_tiles is not None and "dq_block_m" in config:
+                dq_tiles = TileConfig(int(config["dq_block_m"]), int(config["dq_block_n"]), int(config["dq_num_warps"]))
+        stages = generation.choose_stages(desc, device.arch, tiles)
+        if config and "stages" in config:
+            stages = int(config["stages"])
+        return DispatchKey.for_problem(desc, generation.name, compile_arch(generation, device.arch), tiles, dq_tiles,
+                                       stages)
 
     def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
         return self.dispatch_key(desc, device).name
 
     def build(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> Executable:
         key = self.dispatch_key(desc, device, config)
+        if desc.direction == "backward":
+            return self._build_backward(desc, device, key)
         cubin, _ = compiler.compile_key(key)
         shared = sm80_tiles.shared_memory_bytes(desc.head_dim, desc.head_dim_v, key.tiles.block_m, key.tiles.block_n)
         precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=True,
@@ -122,6 +156,32 @@ class NvrtcBackend(Backend):
                         notes="forward: one CTA per (query tile, head, batch); no atomics")
         runner = ForwardRunner(desc, key, cubin, shared, device)
         return Executable(sku=sku, workspace_size=0, forward=runner, check_arguments=runner.check_arguments)
+
+
+    def _build_backward(self, desc: AttentionDescriptor, device: Device, key: DispatchKey) -> Executable:
+        cubin, _ = compiler.compile_key(key)
+        t = key.tiles
+        shared = sm80_tiles.backward_shared_memory_bytes(desc.head_dim, desc.head_dim_v, t.block_m, t.block_n,
+                                                         t.num_warps, desc.deterministic, key.stages)
+        config = {**t.as_dict(), "stages": key.stages, "shared_memory_bytes": shared}
+        dq_shared = 0
+        if key.dq_tiles is not None:
+            d = key.dq_tiles
+            dq_shared = sm80_tiles.dq_shared_memory_bytes(desc.head_dim, desc.head_dim_v, d.block_m, d.block_n)
+            config.update({"dq_block_m": d.block_m, "dq_block_n": d.block_n, "dq_num_warps": d.num_warps,
+                           "dq_shared_memory_bytes": dq_shared})
+        runner = BackwardRunner(desc, key, cubin, shared, dq_shared, device)
+        deterministic = desc.deterministic
+        precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=deterministic,
+                                       bit_stable=deterministic)
+        notes = ("backward: dK/dV per (key tile, kv head, sequence) over the GQA group; "
+                 + ("dQ per (query tile, head, sequence), no atomics" if deterministic
+                    else "dQ through fp32 atomics (run-to-run bits may differ)"))
+        sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
+                        precision=precision, config=config, workspace_bytes=runner.workspace_size,
+                        versions={"attnplan": attnplan.__version__, **self.library_versions()}, notes=notes)
+        return Executable(sku=sku, workspace_size=runner.workspace_size, backward=runner,
+                          check_arguments=runner.check_arguments)
 
 
 class ForwardRunner:

@@ -21,7 +21,8 @@ from .dispatch import DispatchKey
 BASE_OPTIONS = ("-std=c++17", "--use_fast_math", "-default-device", "-lineinfo")
 ENTRY_FILES = {("sm80", "forward"): "sm80/fwd.cu", ("sm80", "backward"): "sm80/bwd.cu"}
 ENTRY_POINTS = {"forward": ("attn_fwd_kernel",),
-                "backward": ("attn_bwd_preprocess_kernel", "attn_bwd_kernel", "attn_bwd_dq_convert_kernel")}
+                "backward": ("attn_bwd_preprocess_kernel", "attn_bwd_kernel", "attn_bwd_dq_convert_kernel"),
+                "backward_deterministic": ("attn_bwd_preprocess_kernel", "attn_bwd_kernel", "attn_bwd_dq_kernel")}
 
 
 class NvrtcUnavailable(RuntimeError):

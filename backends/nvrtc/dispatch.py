@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import attrs
 
 from attnplan.descriptor import AttentionDescriptor
@@ -17,6 +19,7 @@ _FEATURES = (
     ("varlen", "IS_VARLEN", "varlen"),
     ("paged", "IS_PAGED", "paged"),
     ("dropout", "HAS_DROPOUT", "dropout"),
+    ("deterministic", "IS_DETERMINISTIC", "det"),   # backward only: dQ without atomics
 )
 
 
@@ -48,22 +51,35 @@ class DispatchKey:
     varlen: bool = False
     paged: bool = False
     dropout: bool = False
+    deterministic: bool = False
+    # The deterministic backward's dQ kernel tile; None otherwise.
+    dq_tiles: Optional[TileConfig] = None
+    # Buffers of the backward's query-side tiles (2: double-buffered loads); 1 for the forward.
+    stages: int = 1
 
     @classmethod
-    def for_problem(cls, desc: AttentionDescriptor, generation: str, arch: str, tiles: TileConfig) -> "DispatchKey":
+    def for_problem(cls, desc: AttentionDescriptor, generation: str, arch: str, tiles: TileConfig,
+                    dq_tiles: Optional[TileConfig] = None, stages: int = 1) -> "DispatchKey":
+        deterministic = desc.direction == "backward" and desc.deterministic
         return cls(generation=generation, arch=arch, direction=desc.direction, dtype=desc.dtype,
                    head_dim=desc.head_dim, head_dim_v=desc.head_dim_v, tiles=tiles, causal=desc.causal,
                    window=desc.has_window, sink_tokens=desc.sink_tokens > 0, sink_logits=desc.sink_logits,
                    alibi=desc.alibi, softcap=desc.softcap > 0, varlen=desc.varlen,
-                   paged=desc.paged is not None, dropout=desc.dropout_p > 0)
+                   paged=desc.paged is not None, dropout=desc.dropout_p > 0, deterministic=deterministic,
+                   dq_tiles=dq_tiles if deterministic else None, stages=stages)
 
     @property
     def name(self) -> str:
-        """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[_<feature>...]_<arch>"""
+        """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[s<stages>][_<feature>...][_dqm<bm>n<bn>w<warps>]_<arch>
+        (s<stages>: backward with double-buffered query tiles; dqm...: the deterministic dQ kernel's tile)"""
         t = self.tiles
+        stages = f"s{self.stages}" if self.stages > 1 else ""
         parts = [f"attn_{self.generation}", "fwd" if self.direction == "forward" else "bwd", self.dtype,
-                 f"d{self.head_dim}x{self.head_dim_v}", f"m{t.block_m}n{t.block_n}w{t.num_warps}"]
+                 f"d{self.head_dim}x{self.head_dim_v}", f"m{t.block_m}n{t.block_n}w{t.num_warps}{stages}"]
         parts += [fragment for field, _, fragment in _FEATURES if getattr(self, field)]
+        if self.dq_tiles is not None:
+            d = self.dq_tiles
+            parts.append(f"dqm{d.block_m}n{d.block_n}w{d.num_warps}")
         parts.append(self.arch.replace("_", ""))
         return "_".join(parts)
 
@@ -72,5 +88,11 @@ class DispatchKey:
         macros = {"ATTN_DTYPE_BF16": int(self.dtype == "bf16"), "HEAD_DIM": self.head_dim,
                   "HEAD_DIM_V": self.head_dim_v, "BLOCK_M": t.block_m, "BLOCK_N": t.block_n,
                   "NUM_WARPS": t.num_warps}
-        macros.update({macro: int(getattr(self, field)) for field, macro, _ in _FEATURES})
+        macros.update({macro: int(getattr(self, field)) for field, macro, _ in _FEATURES
+                       if self.direction == "backward" or field != "deterministic"})
+        if self.direction == "backward":
+            macros["KV_STAGES"] = self.stages
+        if self.dq_tiles is not None:
+            macros.update({"DQ_BLOCK_M": self.dq_tiles.block_m, "DQ_BLOCK_N": self.dq_tiles.block_n,
+                           "DQ_NUM_WARPS": self.dq_tiles.num_warps})
         return macros

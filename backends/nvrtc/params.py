@@ -40,6 +40,10 @@ _BACKWARD_EXTRA: tuple[tuple[str, str], ...] = (
     ("dq_batch_stride", "i64"), ("dq_row_stride", "i64"), ("dq_head_stride", "i64"),
     ("dk_batch_stride", "i64"), ("dk_row_stride", "i64"), ("dk_head_stride", "i64"),
     ("dv_batch_stride", "i64"), ("dv_row_stride", "i64"), ("dv_head_stride", "i64"),
+    # Workspace views (element strides): delta fp32 [batch][heads_q][seqlen_q] (varlen: [heads_q][total_q]),
+    # the dQ accumulator fp32 [batch][seqlen_q][heads_q][head_dim] (varlen: [total_q][heads_q][head_dim]).
+    ("delta_batch_stride", "i64"), ("delta_head_stride", "i64"),
+    ("dqa_batch_stride", "i64"), ("dqa_row_stride", "i64"), ("dqa_head_stride", "i64"),
 )
 
 FIELDS = {

@@ -21,10 +21,11 @@ from __future__ import annotations
 MAX_DYNAMIC_SMEM = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 _SMALLEST_SMEM = 99 * 1024
 
-# (block_m, block_n, num_warps) by max(head_dim, head_dim_v) rounded up to the next key, after
-# FlashAttention-2's sm80 choices: 4 warps x 32 query rows up to d=128 (S and O fit in registers),
-# 8 warps x 16 rows above it (O alone is d/2 floats per thread there).
-_PREFERRED = ((64, (128, 128, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
+# (block_m, block_n, num_warps) by max(head_dim, head_dim_v) rounded up to the next key: 4 warps x
+# 32 query rows up to d=128 (S and O fit in registers), 8 warps x 16 rows above it (O alone is d/2
+# floats per thread there).  Measured on an H100 (bench/tile_sweep.py, results in
+# bench/results/2026-11-23-h100-sm80-forward-tiles.json): 128x64 beats 128x128 at d=64 and d=128.
+_PREFERRED = ((64, (128, 64, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
 # Tried in order when the preferred tile does not fit the arch's shared memory (d=256 on sm_89).
 _FALLBACKS = ((64, 64, 4), (64, 32, 4))
 
@@ -64,3 +65,94 @@ def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) ->
 def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, int, int]:
     """Launch grid; seqlen_q is the maximum sequence length for varlen."""
     return (-(-seqlen_q // block_m), heads_q, batch)
+
+
+# -- backward (kernels/sm80/bwd.cu) ------------------------------------------------------------
+#
+# attn_bwd_kernel: grid = (ceil(seqlen_kv / block_n), heads_kv, batch), block = num_warps * 32,
+# dynamic shared memory = backward_shared_memory_bytes(...).  Each warp owns 16 keys; num_warps is
+# block_n / 16 (dsplit 1: dK, dV, P and dS of a warp's keys in its registers) or twice that (dsplit 2,
+# for head dims above 128: two warps share 16 keys and split the dK / dV columns).
+# attn_bwd_dq_kernel (deterministic only): grid = (ceil(seqlen_q / block_m), heads_q, batch) with the
+# dq tile below.  Preprocess and convert kernels: grid = (ceil(seqlen_q / 64), heads_q, batch), 128
+# threads, no dynamic shared memory.
+
+# (block_m, block_n, num_warps) by the wider head dim, after FlashAttention-2's sm80 choices; the
+# fallbacks serve archs with less shared memory (sm_86 / sm_89).
+_BWD_PREFERRED = ((64, (64, 128, 8)), (128, (64, 128, 8)), (256, (64, 64, 8)))
+_BWD_FALLBACKS = {64: ((64, 64, 4),), 128: ((64, 64, 4), (32, 64, 4)), 256: ((32, 32, 4),)}
+_DQ_PREFERRED = ((128, (64, 64, 4)), (256, (64, 32, 4)))
+_DQ_FALLBACKS = ((32, 32, 2),)
+AUX_ROWS = 64          # rows per CTA of the preprocess and convert kernels
+AUX_THREADS = 128
+
+
+def backward_dsplit(block_n: int, num_warps: int) -> int:
+    return num_warps // (block_n // 16)
+
+
+def backward_shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, num_warps: int,
+                                 deterministic: bool = False, stages: int = 1, dtype_bytes: int = 2) -> int:
+    """K, V (block_n rows), `stages` buffers of Q, dO (block_m rows) and of block_m fp32 LSE and
+    delta values, dS^T (unless deterministic with dsplit 1) and P^T (dsplit 2): bwd.cu kv::kSmemBytes."""
+    dsplit = backward_dsplit(block_n, num_warps)
+    qk, v = _row_stride(_round_up(head_dim, 16 * dsplit)), _row_stride(_round_up(head_dim_v, 16 * dsplit))
+    s = _row_stride(block_m)
+    tiles = (block_n + stages * block_m) * (qk + v)
+    tiles += block_n * s * (int(not deterministic or dsplit == 2) + int(dsplit == 2))
+    return tiles * dtype_bytes + stages * 2 * block_m * 4
+
+
+def dq_shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, dtype_bytes: int = 2) -> int:
+    """Q, dO (block_m rows) and K, V (block_n rows) of the deterministic dQ kernel (bwd.cu dq::kSmemBytes)."""
+    qk, v = _row_stride(head_dim), _row_stride(head_dim_v)
+    return (block_m + block_n) * (qk + v) * dtype_bytes
+
+
+def _check_dims(head_dim: int, head_dim_v: int) -> None:
+    for dim in (head_dim, head_dim_v):
+        if dim % 8 or not 8 <= dim <= 256:
+            raise ValueError(f"head dim {dim}: must be a multiple of 8 in [8, 256]")
+
+
+def backward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, num_warps: int, arch: int,
+                    deterministic: bool = False) -> int:
+    """2 (double-buffered query-side tiles) when that fits sm_`arch`'s shared memory, else 1."""
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    fits = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, num_warps, deterministic, 2) <= limit
+    return 2 if fits else 1
+
+
+def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80,
+                         deterministic: bool = False) -> dict:
+    """{block_m, block_n, num_warps, stages, smem_bytes} of attn_bwd_kernel on sm_`arch`: the preferred
+    tile double-buffered, else single-buffered, else the fallbacks likewise."""
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+    _check_dims(head_dim, head_dim_v)
+    widest = max(head_dim, head_dim_v)
+    key, preferred = next((limit, cfg) for limit, cfg in _BWD_PREFERRED if widest <= limit)
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    for block_m, block_n, num_warps in (preferred, *_BWD_FALLBACKS[key]):
+        for stages in (2, 1):
+            smem = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, num_warps, deterministic,
+                                                stages)
+            if smem <= limit:
+                return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "stages": stages,
+                        "smem_bytes": smem}
+    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 backward tile fits {limit} bytes of shared "
+                     f"memory on sm_{arch}")
+
+
+def dq_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
+    """{block_m, block_n, num_warps, smem_bytes} of the deterministic attn_bwd_dq_kernel on sm_`arch`."""
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+    _check_dims(head_dim, head_dim_v)
+    widest = max(head_dim, head_dim_v)
+    preferred = next(cfg for limit, cfg in _DQ_PREFERRED if widest <= limit)
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    for block_m, block_n, num_warps in (preferred, *_DQ_FALLBACKS):
+        smem = dq_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n)
+        if smem <= limit:
+            return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
+    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 dQ tile fits {limit} bytes of shared memory "
+                     f"on sm_{arch}")

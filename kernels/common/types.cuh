@@ -44,6 +44,19 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
   return r;
 }
 
+// One 32-bit register with two elements -> two fp32 values (`lo` from bits 0..15); exact.
+struct float_pair { float lo, hi; };
+__device__ __forceinline__ float_pair unpack2(unsigned v) {
+#if ATTN_DTYPE_BF16
+  return float_pair{__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u)};
+#else
+  float lo, hi;
+  asm("{ .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;\n }"
+      : "=f"(lo), "=f"(hi) : "r"(v));
+  return float_pair{lo, hi};
+#endif
+}
+
 // exp2 / log2 on the special-function unit.  ex2.approx(-inf) = +0, which the online softmax relies on.
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnplan import Plan
-from attnplan.accuracy import max_abs_error, within_tolerance
+from attnplan.accuracy import host_f64, max_abs_error, within_tolerance
 from attnplan.arguments import bind_arguments
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import default_device
@@ -67,3 +67,107 @@ def check_forward(desc, backend: str, seed: int = 0):
     assert within_tolerance(errors["out"], errors["out_lowp_ref"], EPSILON[desc.dtype]), (plan.sku.kernel, errors)
     assert within_tolerance(errors["lse"], errors["lse_lowp_ref"], LSE_EPSILON), (plan.sku.kernel, errors)
     return errors
+
+
+# -- backward ------------------------------------------------------------------------------------
+
+GRADIENTS = ("dq", "dk", "dv")
+SINK_RELATIVE = 1e-3
+
+
+def forward_descriptor(desc):
+    return desc.replace(direction="forward", return_lse=True, deterministic=False)
+
+
+def backward_inputs(desc, seed: int = 0) -> dict:
+    """Fresh random q, k, v, dout (and extras) with out / lse from the float64 reference, out rounded
+    to the output dtype as a real forward pass would store it."""
+    args = random_inputs(desc, default_device(), seed=seed)
+    forward_args = {k: v for k, v in args.items() if k != "dout"}
+    out, lse = reference_forward(forward_descriptor(desc), forward_args, out_dtype=output_dtype(desc.dtype))
+    args["out"], args["lse"] = out, lse     # Tensors: bf16 stays raw storage with its logical dtype
+    return args
+
+
+def reference_backward(desc, args, compute="f64", emulate=False, grad_dtype="f64"):
+    """{dq, dk, dv[, dsink]} of the reference, gradients kept in `grad_dtype`."""
+    exe = ReferenceBackend().build(desc, default_device(), {"compute": compute, "emulate_dtype": emulate})
+    bound = bind_arguments(desc, args)
+    xp = bound.q.xp
+    grads = {"dq": _storage(bound.q.shape, grad_dtype, xp), "dk": _storage(bound.k.shape, grad_dtype, xp),
+             "dv": _storage(bound.v.shape, grad_dtype, xp)}
+    sink_dtype = "f64" if grad_dtype == "f64" else "f32"
+    grads["dsink"] = _storage((desc.heads_q,), sink_dtype, xp) if desc.sink_logits else None
+    exe.backward(bound, grads["dq"], grads["dk"], grads["dv"], grads["dsink"])
+    return grads
+
+
+def run_backward_poisoned(plan, args):
+    """The plan's backward executable on NaN-filled gradient storage: every element must be written."""
+    import cupy
+    desc = plan.desc
+    bound = plan.can_implement(**args)
+    grads = {"dq": _storage(bound.q.shape, desc.dtype, cupy), "dk": _storage(bound.k.shape, desc.dtype, cupy),
+             "dv": _storage(bound.v.shape, desc.dtype, cupy)}
+    grads["dsink"] = _storage((desc.heads_q,), "f32", cupy) if desc.sink_logits else None
+    plan._executable.backward(bound, grads["dq"], grads["dk"], grads["dv"], grads["dsink"])
+    cupy.cuda.Device().synchronize()
+    return grads
+
+
+def pinned_plan(desc, backend_name: str, config: dict) -> Plan:
+    """A plan of `backend_name` built with an explicit tile config (bypassing the arch's choice)."""
+    from attnplan import registry
+    device = default_device()
+    backend = registry.get(backend_name)
+    return Plan(desc, device, backend, backend.build(desc, device, config))
+
+
+def check_backward(desc, backend: str, seed: int = 0, plan: Plan | None = None, args: dict | None = None):
+    """Run `backend`'s backward (or `plan`) on fresh random inputs (or `args`) with poisoned gradients;
+    assert the tolerance rule for dq, dk, dv (and d sink_logits) against the float64 reference.
+    Returns the errors."""
+    device = default_device()
+    args = args if args is not None else backward_inputs(desc, seed)
+    plan = plan or Plan.select(desc, device, prefer=backend, restrict=True)
+    got = run_backward_poisoned(plan, args)
+    exact = reference_backward(desc, args)
+    low = reference_backward(desc, args, compute="f32", emulate=True, grad_dtype=desc.dtype)
+    errors = {}
+    for name in GRADIENTS:
+        errors[name] = max_abs_error(got[name], exact[name])
+        errors[f"{name}_lowp_ref"] = max_abs_error(low[name], exact[name])
+        errors[f"{name}_max"] = max_abs_error(exact[name], _storage(exact[name].shape, "f64", exact[name].xp, 0.0))
+    for name in GRADIENTS:
+        assert within_tolerance(errors[name], errors[f"{name}_lowp_ref"], EPSILON[desc.dtype]), (
+            plan.sku.kernel, name, errors)
+    if desc.sink_logits:
+        # d sink_logits sums delta_i = dot(dout_i, out_i) over every row, and `out` reaches a kernel
+        # rounded to the output dtype (the reference recomputes it exactly): the error that rounding
+        # alone causes joins the baseline, and the kernel must match the value its inputs define.
+        given = sink_gradient_given_out(desc, args)
+        size = float(np.abs(host_f64(exact["dsink"])).max())
+        errors["dsink"] = max_abs_error(got["dsink"], exact["dsink"])
+        errors["dsink_lowp_ref"] = max_abs_error(low["dsink"], exact["dsink"])
+        errors["dsink_out_rounding"] = float(np.abs(given - host_f64(exact["dsink"])).max())
+        errors["dsink_vs_given_out"] = float(np.abs(host_f64(got["dsink"]) - given).max())
+        baseline = max(errors["dsink_lowp_ref"], errors["dsink_out_rounding"])
+        assert within_tolerance(errors["dsink"], baseline, SINK_RELATIVE * (1.0 + size)), (plan.sku.kernel, errors)
+        assert errors["dsink_vs_given_out"] <= SINK_RELATIVE * (1.0 + size), (plan.sku.kernel, errors)
+    return errors
+
+
+def sink_gradient_given_out(desc, args) -> np.ndarray:
+    """-sum_{b,i} exp(sink_h - lse) * dot(dout, out) in float64 from the arguments as given."""
+    out, dout, lse = (host_f64(args[name]) for name in ("out", "dout", "lse"))
+    sink = host_f64(args["sink_logits"])
+    delta = (out * dout).sum(axis=-1)               # q-like layout without the last dim
+    if desc.layout == "bshd":
+        delta = delta.transpose(0, 2, 1)            # [b, s, h] -> [b, h, s] like lse
+    elif desc.layout == "thd":
+        delta = delta.T                             # [t, h] -> [h, t]
+    finite = np.isfinite(lse)
+    shaped = sink[:, None] if desc.layout == "thd" else sink[None, :, None]
+    weight = np.where(finite, np.exp(shaped - np.where(finite, lse, 0.0)), 0.0)
+    axes = (1,) if desc.layout == "thd" else (0, 2)
+    return -(weight * delta).sum(axis=axes)

@@ -1,0 +1,166 @@
+"""The sm80 backward pass at run time: workspace layout, kernel launches, and d sink_logits.
+
+Launch order on the caller's stream (kernels/sm80/bwd.cu):
+  1. attn_bwd_preprocess_kernel   delta = rowsum(dO * O) -> workspace; zeroes the dQ accumulator
+  2. attn_bwd_kernel              dK, dV (and dQ += dS K through fp32 atomics unless deterministic)
+  3. attn_bwd_dq_convert_kernel   dQ = scale * accumulator          (default mode)
+     attn_bwd_dq_kernel           dQ recomputed per query tile      (deterministic=True)
+then d sink_logits_h = -sum_{b,i} exp(sink_h - lse_{b,h,i}) * delta_{b,h,i} with CuPy (rows with
+lse = -inf contribute nothing).
+
+Workspace (one device buffer; `plan.workspace_size` bytes, allocated here when the caller gives none):
+  delta     fp32 [batch][heads_q][seqlen_q]               varlen: [heads_q][total_q]
+  dq_accum  fp32 [batch][seqlen_q][heads_q][head_dim]     varlen: [total_q][heads_q][head_dim]
+            (absent in deterministic mode), starting at a 256-byte boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import attrs
+
+from attnplan.descriptor import AttentionDescriptor
+from attnplan.device import Device
+from attnplan.errors import InvalidArguments
+from attnplan.streams import stream_handle
+
+from . import launcher, params, sm80_tiles
+from .dispatch import DispatchKey
+from .launch_params import backward_values, common_values
+
+ALIGN = 256
+VECTOR_BYTES = 16
+VECTOR_ELEMENTS = 8
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+@attrs.frozen
+class WorkspaceLayout:
+    delta_bytes: int
+    dq_accum_offset: int
+    dq_accum_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.dq_accum_offset + self.dq_accum_bytes
+
+    @classmethod
+    def for_problem(cls, desc: AttentionDescriptor) -> "WorkspaceLayout":
+        # Varlen: total_q <= batch * seqlen_q (every sequence is at most the descriptor's maximum).
+        rows = desc.batch * desc.seqlen_q * desc.heads_q
+        delta = rows * 4
+        accum = 0 if desc.deterministic else rows * desc.head_dim * 4
+        return cls(delta, _round_up(delta, ALIGN), accum)
+
+
+def workspace_strides(desc: AttentionDescriptor, total_q: int) -> dict:
+    """Element strides of the workspace views for the kernel parameter block."""
+    if desc.layout == "thd":
+        return {"delta_batch_stride": 0, "delta_head_stride": total_q,
+                "dqa_batch_stride": 0, "dqa_row_stride": desc.heads_q * desc.head_dim,
+                "dqa_head_stride": desc.head_dim}
+    return {"delta_batch_stride": desc.heads_q * desc.seqlen_q, "delta_head_stride": desc.seqlen_q,
+            "dqa_batch_stride": desc.seqlen_q * desc.heads_q * desc.head_dim,
+            "dqa_row_stride": desc.heads_q * desc.head_dim, "dqa_head_stride": desc.head_dim}
+
+
+def _cupy_stream(cupy, handle: int, device_index: int):
+    """CuPy's view of the caller's stream, so that the workspace comes from the stream-ordered pool
+    of that stream and the d sink_logits reduction runs on it."""
+    with warnings.catch_warnings():   # CuPy 14 deprecates ExternalStream in favour of Stream.from_external
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cupy.cuda.ExternalStream(handle, device_index)
+
+
+class BackwardRunner:
+    """Launches the backward kernels of one dispatch key (modules load on first use)."""
+
+    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: int, dq_shared: int,
+                 device: Device):
+        self.desc, self.key, self.cubin, self.device = desc, key, cubin, device
+        self.shared, self.dq_shared = shared, dq_shared
+        self.layout = WorkspaceLayout.for_problem(desc)
+        self._kernels: dict = {}
+
+    @property
+    def workspace_size(self) -> int:
+        return self.layout.total
+
+    def _kernel(self, entry: str):
+        if entry not in self._kernels:
+            if entry == "attn_bwd_kernel":
+                shared, threads = self.shared, self.key.tiles.num_warps * 32
+            elif entry == "attn_bwd_dq_kernel":
+                shared, threads = self.dq_shared, self.key.dq_tiles.num_warps * 32
+            else:
+                shared, threads = 0, sm80_tiles.AUX_THREADS
+            self._kernels[entry] = launcher.load(self.cubin, entry, shared, threads, self.device.index)
+        return self._kernels[entry]
+
+    def check_arguments(self, bound) -> None:
+        for name in ("q", "k", "v", "out", "dout"):
+            t = getattr(bound, name)
+            if t is None:
+                continue
+            if t.ptr % VECTOR_BYTES:
+                raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
+            if any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
+                raise InvalidArguments(name, f"outer strides {list(t.strides[:-1])} must be multiples of "
+                                             f"{VECTOR_ELEMENTS} elements for this kernel")
+        if bound.workspace is not None and bound.workspace.ptr % ALIGN:
+            raise InvalidArguments("workspace", f"base address is not {ALIGN}-byte aligned")
+
+    def __call__(self, bound, dq, dk, dv, dsink) -> None:
+        import cupy
+
+        desc = self.desc
+        self.check_arguments(bound)
+        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
+            if t.ptr % VECTOR_BYTES or any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
+                raise InvalidArguments(name, "gradient storage must be 16-byte aligned with strides of 8 elements")
+        handle = stream_handle(bound.stream, bound.q.origin)
+        total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q
+        with cupy.cuda.Device(self.device.index), _cupy_stream(cupy, handle, self.device.index):
+            workspace = None
+            if bound.workspace is not None:
+                base = bound.workspace.ptr
+            else:
+                workspace = cupy.empty(self.layout.total, dtype=cupy.uint8)   # stream-ordered pool memory
+                base = int(workspace.data.ptr)
+            values = common_values(desc, bound, bound.out, bound.lse)
+            values.update(backward_values(desc, bound, {"dq": dq, "dk": dk, "dv": dv, "dsink_logits": dsink}))
+            values.update(workspace_strides(desc, total_q))
+            values["delta"] = base
+            values["dq_accum"] = 0 if desc.deterministic else base + self.layout.dq_accum_offset
+            block = params.pack("backward", values)
+
+            aux_grid = (math.ceil(desc.seqlen_q / sm80_tiles.AUX_ROWS), desc.heads_q, desc.batch)
+            launcher.launch(self._kernel("attn_bwd_preprocess_kernel"), aux_grid, block, handle)
+            main_grid = (math.ceil(desc.seqlen_kv / self.key.tiles.block_n), desc.heads_kv, desc.batch)
+            launcher.launch(self._kernel("attn_bwd_kernel"), main_grid, block, handle)
+            if desc.deterministic:
+                dq_grid = (math.ceil(desc.seqlen_q / self.key.dq_tiles.block_m), desc.heads_q, desc.batch)
+                launcher.launch(self._kernel("attn_bwd_dq_kernel"), dq_grid, block, handle)
+            else:
+                launcher.launch(self._kernel("attn_bwd_dq_convert_kernel"), aux_grid, block, handle)
+            if dsink is not None:
+                self._sink_gradient(bound, dsink, base, total_q, workspace, cupy)
+
+    def _sink_gradient(self, bound, dsink, base: int, total_q: int, owner, cupy) -> None:
+        desc = self.desc
+        shape = (desc.heads_q, total_q) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
+        owner = owner if owner is not None else bound.workspace.data
+        memory = cupy.cuda.UnownedMemory(base, self.layout.delta_bytes, owner)
+        delta = cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
+        lse = bound.lse.data.astype(cupy.float64)
+        sink = bound.sink_logits.data.astype(cupy.float64)
+        sink = sink[:, None] if desc.layout == "thd" else sink[None, :, None]
+        finite = cupy.isfinite(lse)
+        weight = cupy.where(finite, cupy.exp(sink - cupy.where(finite, lse, 0.0)), 0.0)
+        axes = (1,) if desc.layout == "thd" else (0, 2)
+        dsink.data[...] = (-(weight * delta).sum(axis=axes)).astype(dsink.data.dtype)
