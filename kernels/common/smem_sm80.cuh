@@ -7,8 +7,7 @@
 // chunk (an odd row pitch in 16-byte units).  Either way the 8 rows an ldmatrix phase reads, and 8
 // rows written at the same chunk, fall into 8 different 16-byte bank groups.
 //
-// Used by the backward kernels (kernels/sm80/bwd.cu); the forward kernel carries its own copy of
-// the same layout.
+// Used by the forward and backward kernels (kernels/sm80/fwd.cu, bwd.cu).
 #pragma once
 
 #include "common/types.cuh"

@@ -27,30 +27,7 @@
 #include "common/smem_sm80.cuh"
 #include "mask.cuh"
 
-#if !defined(HEAD_DIM) || !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(NUM_WARPS)
-#error "HEAD_DIM, BLOCK_M, BLOCK_N and NUM_WARPS must be defined"
-#endif
-#ifndef HEAD_DIM_V
-#define HEAD_DIM_V HEAD_DIM
-#endif
-#ifndef HAS_SINK_LOGITS
-#define HAS_SINK_LOGITS 0
-#endif
-#ifndef HAS_ALIBI
-#define HAS_ALIBI 0
-#endif
-#ifndef HAS_SOFTCAP
-#define HAS_SOFTCAP 0
-#endif
-#ifndef IS_VARLEN
-#define IS_VARLEN 0
-#endif
-#ifndef IS_PAGED
-#define IS_PAGED 0
-#endif
-#ifndef HAS_DROPOUT
-#define HAS_DROPOUT 0
-#endif
+#include "common/features.cuh"
 #ifndef IS_DETERMINISTIC
 #define IS_DETERMINISTIC 0
 #endif

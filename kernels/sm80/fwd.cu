@@ -18,31 +18,12 @@
 
 #include "common/types.cuh"
 #include "common/mma_sm80.cuh"
+#include "common/smem_sm80.cuh"
 #include "common/philox.cuh"
 #include "mask.cuh"
 #include "softmax.cuh"
 
-#if !defined(HEAD_DIM) || !defined(BLOCK_M) || !defined(BLOCK_N) || !defined(NUM_WARPS)
-#error "HEAD_DIM, BLOCK_M, BLOCK_N and NUM_WARPS must be defined"
-#endif
-#ifndef HEAD_DIM_V
-#define HEAD_DIM_V HEAD_DIM
-#endif
-#ifndef HAS_ALIBI
-#define HAS_ALIBI 0
-#endif
-#ifndef HAS_SOFTCAP
-#define HAS_SOFTCAP 0
-#endif
-#ifndef IS_VARLEN
-#define IS_VARLEN 0
-#endif
-#ifndef IS_PAGED
-#define IS_PAGED 0
-#endif
-#ifndef HAS_DROPOUT
-#define HAS_DROPOUT 0
-#endif
+#include "common/features.cuh"
 
 namespace attn {
 namespace sm80 {
@@ -71,48 +52,10 @@ static_assert(kBlockM % kNumWarps == 0 && kWarpRows % 16 == 0, "each warp owns w
 static_assert(kBlockN % 16 == 0, "BLOCK_N: multiple of 16");
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory layout: rows of COLS elements split into 16-byte chunks.  Rows that are a multiple
-// of 64 elements (128 bytes) use an XOR swizzle (chunk ^= row % 8 within each group of 8 chunks);
-// others are padded by one chunk, which for COLS % 16 == 0 gives a row pitch of an odd number of
-// 16-byte units.  Either way the 8 rows an ldmatrix phase reads, and the 8 rows the epilogue
-// writes, fall into 8 different 16-byte bank groups.
+// Shared-memory layout and tile loads: common/smem_sm80.cuh (shared with the backward kernels).
 // ---------------------------------------------------------------------------------------------
-struct FragAddr {
-  int row_elems;  // row * stride
-  int chunk_bits; // swizzled: (row % 8) ^ odd; padded: odd
-};
-
-template <int COLS>
-struct SmemLayout {
-  static_assert(COLS % 16 == 0, "rows hold an even number of chunks");
-  static constexpr int kChunks = COLS / kElemsPerChunk;
-  static constexpr bool kSwizzle = COLS % 64 == 0;
-  static constexpr int kStride = kSwizzle ? COLS : COLS + kElemsPerChunk;  // elements
-
-  __device__ __forceinline__ static int offset(int row, int chunk) {
-    if constexpr (kSwizzle) {
-      return row * kStride + ((chunk & ~7) | ((chunk ^ row) & 7)) * kElemsPerChunk;
-    } else {
-      return row * kStride + chunk * kElemsPerChunk;
-    }
-  }
-  // ldmatrix addressing: a lane reads chunk (even + odd) of `row`, with `even` a compile-time even
-  // number in the unrolled GEMM loops and `odd` in {0, 1} per lane.  Splitting it this way leaves
-  // the compiler only constant ^ per-lane-value work.
-  __device__ __forceinline__ static FragAddr frag_addr(int row, int odd) {
-    return FragAddr{row * kStride, kSwizzle ? ((row & 7) ^ odd) : odd};
-  }
-  __device__ __forceinline__ static int frag_offset(FragAddr f, int even) {
-    if constexpr (kSwizzle) {
-      return f.row_elems + ((even & ~7) + ((even & 7) ^ f.chunk_bits)) * kElemsPerChunk;
-    } else {
-      return f.row_elems + (even + f.chunk_bits) * kElemsPerChunk;
-    }
-  }
-};
-
-using LayoutQK = SmemLayout<kDimQK>;
-using LayoutV = SmemLayout<kDimV>;  // also the output staging tile
+using LayoutQK = RowLayout<kDimQK>;
+using LayoutV = RowLayout<kDimV>;  // also the output staging tile
 
 // Region 0 holds Q during the main loop and the output tile in the epilogue.
 constexpr int kSmemRegion0 = kBlockM * (LayoutQK::kStride > LayoutV::kStride ? LayoutQK::kStride : LayoutV::kStride);
@@ -167,32 +110,7 @@ __device__ __forceinline__ int window_bound(long long w) {
 // per-step table of 64-bit addresses would be hoisted out of it and cost registers).
 // ---------------------------------------------------------------------------------------------
 template <int ROWS, int REAL_COLS, class Layout>
-struct TileLoader {
-  static constexpr int kRowsPerStep = kThreads / Layout::kChunks;  // threads beyond that idle
-  static constexpr int kSteps = ceil_div(ROWS, kRowsPerStep);
-  static constexpr int kRealChunks = REAL_COLS / kElemsPerChunk;
-  static_assert(kRowsPerStep >= 1, "a CTA covers at least one row per step");
-
-  // rows(first_row, step) -> pointer to the chunk-0 element of row first_row + step * kRowsPerStep
-  // (only called for rows < valid_rows).
-  template <class RowPtr>
-  __device__ __forceinline__ static void load(elem_t* smem, int valid_rows, const void* any_valid_ptr, RowPtr row_ptr) {
-    const int tid = static_cast<int>(threadIdx.x);
-    const int chunk = tid % Layout::kChunks, row0 = tid / Layout::kChunks;
-    const bool active = (kThreads % Layout::kChunks == 0 || row0 < kRowsPerStep) && chunk < kRealChunks;
-    const unsigned base = smem_u32(smem);
-#pragma unroll
-    for (int step = 0; step < kSteps; ++step) {
-      const int row = row0 + step * kRowsPerStep;
-      if ((ROWS % kRowsPerStep == 0 || row < ROWS) && row0 < kRowsPerStep) {
-        const bool in_range = active && row < valid_rows;
-        const void* src = in_range ? static_cast<const void*>(row_ptr(row, step) + chunk * kElemsPerChunk)
-                                   : any_valid_ptr;
-        cp_async_16(base + Layout::offset(row, chunk) * kElemBytes, src, in_range ? 16 : 0);
-      }
-    }
-  }
-};
+using TileLoader = RowLoader<kThreads, ROWS, REAL_COLS, Layout>;
 
 // Where key row j (within the sequence) of k or v lives.
 struct KvAddressing {
@@ -260,8 +178,8 @@ __device__ __forceinline__ void gemm_qk(float (&s)[kMTiles][kNTiles][4], unsigne
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
 
-  const FragAddr fa = LayoutQK::frag_addr(warp_row0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-  const FragAddr fb = LayoutQK::frag_addr((lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1);
+  const RowFrag fa = LayoutQK::frag(warp_row0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+  const RowFrag fb = LayoutQK::frag((lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1);
 #pragma unroll
   for (int ks = 0; ks < kDimQK / 16; ++ks) {
     unsigned a[kMTiles][4];
@@ -288,7 +206,7 @@ __device__ __forceinline__ void gemm_qk(float (&s)[kMTiles][kNTiles][4], unsigne
 // output tiles).
 __device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kOTiles][4], const unsigned (&pf)[kMTiles][kKSteps][4],
                                         unsigned smem_v, int lane) {
-  const FragAddr fb = LayoutV::frag_addr((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+  const RowFrag fb = LayoutV::frag((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
 #pragma unroll
   for (int kk = 0; kk < kKSteps; ++kk) {
 #pragma unroll
