@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import Progress
@@ -77,16 +78,32 @@ def cmd_bench(args) -> int:
         return 2
     peer_names = [] if args.peers == ["none"] else args.peers
     repeats = args.repeats or (30 if on_gpu else 3)
+    path = None
+    clock = {"last": time.perf_counter()}
+
+    def finished(problem, partial):           # print each problem's rows and save as we go
+        nonlocal path
+        progress.advance(task)
+        now = time.perf_counter()
+        progress.console.print(f"[dim]{problem.label}: {now - clock['last']:.1f} s (inputs, reference, all backends)[/dim]")
+        clock["last"] = now
+        for row in partial["rows"]:
+            if row["problem"]["seqlen_q"] == problem.seqlen_q and _label(row["problem"]) == problem.label:
+                progress.console.print(f"{problem.label:42s} {row['backend']:16s} "
+                                       f"{row['tflops'] or 0:8.1f} TFLOP/s  correct={row['correct']}")
+        if not args.no_save:
+            path = results_io.write(partial, path or args.output or results_io.default_path(partial))
+
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking", total=len(problems))
         data = run_sweep(problems, backends=args.backends, peer_names=peer_names, repeats=repeats,
-                         warmup=args.warmup, on_problem=lambda _: progress.advance(task))
+                         warmup=args.warmup, on_problem=finished)
     console.print(results_table(data, args.baseline))
     if not data["rows"]:
         console.print("[yellow]no backend accepted any problem[/yellow]")
     if args.no_save:
         return 0
-    path = results_io.write(data, args.output or results_io.default_path(data))
+    path = results_io.write(data, path or args.output or results_io.default_path(data))
     console.print(f"results: {path}")
     try:
         from .plots import plot

@@ -74,11 +74,21 @@ def _reference_grads(desc, args: dict, fixed: dict) -> dict:
 def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = None, peer_names=None,
               repeats: int = 20, warmup: int = 3, seed: int = 0, include_reference: bool = False,
               on_row: Optional[Callable[[dict], None]] = None,
-              on_problem: Optional[Callable[[BenchProblem], None]] = None) -> dict:
+              on_problem: Optional[Callable[[BenchProblem, dict], None]] = None) -> dict:
+    """The results (schema of results.py).  `on_problem(problem, results_so_far)` runs after each
+    problem, so a long sweep can save partial results as it goes."""
     device = default_device()
     on_gpu = device.kind == "cuda"
     peer_names = peers.available_peers() if peer_names is None else list(peer_names)
     rows, skipped = [], []
+    results = {"device": device_description(device),
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+               "versions": versions(), "ceilings": measure_ceilings() if on_gpu else {},
+               "settings": {"repeats": repeats, "warmup": warmup, "max_input_sets": MAX_INPUT_SETS,
+                            "timing": "CUDA events per call, median; inputs rotated over sets so L2 does not flatter",
+                            "correctness": "max|err|/max|ref| against the float32 reference within "
+                                           "bf16 2^-5, f16 2^-8 before the time counts"},
+               "rows": rows, "skipped": skipped}
     for problem in problems:
         desc = problem.descriptor()
         sets = _input_sets(desc, device, seed)
@@ -114,14 +124,8 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
             if on_row:
                 on_row(row)
         if on_problem:
-            on_problem(problem)
-    return {"device": device_description(device), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "versions": versions(), "ceilings": measure_ceilings() if on_gpu else {},
-            "settings": {"repeats": repeats, "warmup": warmup, "max_input_sets": MAX_INPUT_SETS,
-                         "timing": "CUDA events per call, median; inputs rotated over sets so L2 does not flatter",
-                         "correctness": "max|err|/max|ref| against the float32 reference within "
-                                        "bf16 2^-5, f16 2^-8 before the time counts"},
-            "rows": rows, "skipped": skipped}
+            on_problem(problem, results)
+    return results
 
 
 def _measure(problem, desc, name, prepare, want, sets, repeats, warmup, on_gpu) -> dict:
