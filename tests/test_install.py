@@ -20,9 +20,9 @@ def test_kernel_sources_ship_with_the_package():
 def test_installed_copy_is_used_when_ci_says_so():
     if os.environ.get("ATTNPLAN_EXPECT_INSTALLED") != "1":
         pytest.skip("only when CI tests the installed wheel")
-    repo_root = Path(__file__).resolve().parents[1]
+    beside_the_tests = (Path(__file__).resolve().parents[1] / "attnplan").resolve()
     assert "site-packages" in attnplan.__file__
-    assert not Path(attnplan.__file__).resolve().is_relative_to(repo_root)
+    assert Path(attnplan.__file__).resolve().parent != beside_the_tests
 
 
 def test_cli_entry_point_parses():

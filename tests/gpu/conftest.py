@@ -9,6 +9,11 @@ def _has_gpu() -> bool:
     return default_device().kind == "cuda"
 
 
+def pytest_configure(config):
+    # Registered here too: CI runs a copy of tests/ without pyproject.toml beside it.
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
 def pytest_collection_modifyitems(config, items):
     present = _has_gpu()
     skip = pytest.mark.skip(reason="no CUDA device present")
