@@ -1,0 +1,99 @@
+"""Host time per call of `plan.run` on a tiny problem, against the bare launch underneath it
+(cuDNN: the graph's execute with the same pointers; nvrtc: the driver launch), on the GPU:
+
+    python bench/plan_overhead.py [--output bench/results/plan-overhead.json]
+
+The overhead is what `plan.run` adds on top: binding and checking the arguments, choosing the
+graph / kernel, stream and workspace handling.  Calls are issued in batches of 100 (few enough that
+the GPU queue never fills and stalls the host) and the median batch is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import cupy
+
+from attnplan import AttentionDescriptor, Plan
+from attnplan.bench.runner import device_description, versions
+from attnplan.problems import random_inputs
+from attnplan.device import default_device
+
+BATCH = 100
+ROUNDS = 15
+
+
+def host_us_per_call(fn) -> float:
+    for _ in range(20):
+        fn()
+    cupy.cuda.get_current_stream().synchronize()
+    batches = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for _ in range(BATCH):
+            fn()
+        batches.append((time.perf_counter() - start) / BATCH * 1e6)
+        cupy.cuda.get_current_stream().synchronize()
+    return statistics.median(batches)
+
+
+def capture_bare_call(plan, args, module, attribute):
+    """Run plan once with `module.attribute` wrapped; return a zero-argument bare re-launch."""
+    original = getattr(module, attribute)
+    captured = {}
+
+    def spy(*a, **k):
+        captured["call"] = (a, k)
+        return original(*a, **k)
+
+    setattr(module, attribute, spy)
+    try:
+        plan.run(**args)
+    finally:
+        setattr(module, attribute, original)
+    a, k = captured["call"]
+    return lambda: original(*a, **k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", default=None)
+    options = parser.parse_args()
+    device = default_device()
+    desc = AttentionDescriptor(batch=1, seqlen_q=128, seqlen_kv=128, heads_q=8, heads_kv=8, head_dim=64,
+                               dtype="bf16", causal=True, return_lse=True)
+    args = random_inputs(desc, device, seed=0)
+    rows = []
+    for backend in ("cudnn", "nvrtc"):
+        try:
+            plan = Plan.select(desc, device, prefer=backend, restrict=True)
+        except Exception as exc:
+            print(backend, "unavailable:", exc)
+            continue
+        out = plan.run(**args)
+        run_args = dict(args, out=out.out, lse=out.lse)
+        if backend == "cudnn":
+            from attnplan.backends.cudnn import graphs
+            bare = capture_bare_call(plan, run_args, graphs.BuiltGraph, "execute")
+        else:
+            from attnplan.backends.nvrtc import launcher
+            bare = capture_bare_call(plan, run_args, launcher, "launch")
+        checked = host_us_per_call(lambda: plan.run(**run_args))
+        unchecked = host_us_per_call(lambda: plan.run(check_values=False, **run_args))
+        bare_us = host_us_per_call(bare)
+        row = {"backend": backend, "sku": plan.sku.kernel, "plan_run_us": checked,
+               "plan_run_unchecked_us": unchecked, "bare_launch_us": bare_us,
+               "overhead_us": checked - bare_us, "overhead_unchecked_us": unchecked - bare_us}
+        rows.append(row)
+        print(json.dumps(row))
+    if options.output:
+        with open(options.output, "w") as f:
+            json.dump({"device": device_description(device), "versions": versions(), "problem": desc.to_dict(),
+                       "batch_calls": BATCH, "rounds": ROUNDS, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
