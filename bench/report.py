@@ -12,7 +12,12 @@ from collections import defaultdict
 from attnplan.bench.results import load
 
 
-def markdown(data: dict, baseline: str = "torch.flash", ours: tuple = ("nvrtc", "cudnn")) -> str:
+# Each of our backends against the peer it should be judged by: our FlashAttention-2-class kernels
+# against FlashAttention-2 (PyTorch SDPA flash), our cuDNN plans against PyTorch's cuDNN path.
+PEER_OF = {"nvrtc": "torch.flash", "cudnn": "torch.cudnn"}
+
+
+def markdown(data: dict, baseline: str | None = None, ours: tuple = ("nvrtc", "cudnn")) -> str:
     table = defaultdict(dict)
     backends = []
     for row in data["rows"]:
@@ -22,7 +27,8 @@ def markdown(data: dict, baseline: str = "torch.flash", ours: tuple = ("nvrtc", 
         if row["backend"] not in backends:
             backends.append(row["backend"])
     mine = [b for b in backends if b in ours]
-    header = ["direction", "d", "causal", "seqlen", "batch x heads"] + backends + [f"{b} / {baseline}" for b in mine]
+    peer = {b: baseline or PEER_OF.get(b, "torch.flash") for b in mine}
+    header = ["direction", "d", "causal", "seqlen", "batch x heads"] + backends + [f"{b} / {peer[b]}" for b in mine]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key in sorted(table):
         direction, dtype, d, causal, s, b, h = key
@@ -30,7 +36,7 @@ def markdown(data: dict, baseline: str = "torch.flash", ours: tuple = ("nvrtc", 
         values = table[key]
         cells += [f"{values[x]:.0f}" if values.get(x) else ("wrong" if x in values else "-") for x in backends]
         for x in mine:
-            ratio = values.get(x) / values[baseline] if values.get(x) and values.get(baseline) else None
+            ratio = values.get(x) / values[peer[x]] if values.get(x) and values.get(peer[x]) else None
             cells.append(f"**{ratio:.2f}**" if ratio else "-")
         lines.append("| " + " | ".join(cells) + " |")
     device = data["device"]
@@ -43,7 +49,7 @@ def markdown(data: dict, baseline: str = "torch.flash", ours: tuple = ("nvrtc", 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
-    parser.add_argument("--baseline", default="torch.flash")
+    parser.add_argument("--baseline", default=None, help="one peer for every ratio (default: each backend's own peer)")
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
     data = load(args.results)

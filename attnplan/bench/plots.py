@@ -21,6 +21,8 @@ def plot(results: dict, path) -> Path:
     keys = sorted(panels)
     if not keys:
         raise ValueError("no timed rows to plot")
+    names = sorted({b for panel in panels.values() for b in panel})
+    colors = {b: f"C{i % 10}" for i, b in enumerate(names)}       # one colour per backend in every panel
     cols = min(4, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
@@ -28,7 +30,7 @@ def plot(results: dict, path) -> Path:
         for backend, points in sorted(panels[key].items()):
             points.sort()
             ax.plot([s for s, _ in points], [t for _, t in points], marker="o", label=backend,
-                    linestyle="--" if "." in backend else "-")
+                    color=colors[backend], linestyle="--" if "." in backend else "-")
         direction, dtype, head_dim, causal, features = key
         ax.set_title(f"{direction} {dtype} d{head_dim}{' causal' if causal else ''}{' ' + features if features else ''}",
                      fontsize=9)
