@@ -25,12 +25,23 @@ _ALIASES = {
 }
 
 
+_NAME_CACHE: dict = {}
+
+
 def dtype_name(dtype) -> str | None:
-    """Our name for a NumPy dtype, a torch/jax dtype or a string; None if we do not know it."""
+    """Our name for a NumPy dtype, a torch/jax dtype or a string; None if we do not know it.
+    Memoised: it runs for every array of every call."""
+    try:
+        return _NAME_CACHE[dtype]
+    except (KeyError, TypeError):
+        pass
     text = str(dtype).removeprefix("torch.").removeprefix("dtype(").strip("')\"")
-    if text in HOST_DTYPES:
-        return text
-    return _ALIASES.get(text)
+    name = text if text in HOST_DTYPES else _ALIASES.get(text)
+    try:
+        _NAME_CACHE[dtype] = name
+    except TypeError:                      # unhashable dtype-like objects are simply not cached
+        pass
+    return name
 
 
 def output_dtype(dtype: str) -> str:

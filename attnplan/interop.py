@@ -7,6 +7,7 @@ library knowing those types, and the kernels only need pointers.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -28,14 +29,15 @@ def _cupy():
 
 @attrs.frozen(eq=False)
 class Tensor:
-    """A caller array seen as (storage array, logical dtype, where it came from)."""
+    """A caller array seen as (storage array, logical dtype, where it came from).  Its facts
+    (device, shape, strides, pointer) are computed once: they are read on every call."""
 
     data: Any                  # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
     dtype: str                 # "f16", "bf16", ..., or "i32"/"i64" for index arrays, or "other:<x>"
     origin: str                # "numpy", "cupy", "torch", "dlpack"
     source: Any = None
 
-    @property
+    @functools.cached_property
     def is_cuda(self) -> bool:
         return type(self.data).__module__.startswith("cupy")
 
@@ -43,21 +45,21 @@ class Tensor:
     def xp(self):
         return _cupy() if self.is_cuda else np
 
-    @property
+    @functools.cached_property
     def shape(self) -> tuple:
         return tuple(self.data.shape)
 
-    @property
+    @functools.cached_property
     def strides(self) -> tuple:
         """Strides in elements."""
         item = self.data.dtype.itemsize
         return tuple(s // item for s in self.data.strides)
 
-    @property
+    @functools.cached_property
     def ptr(self) -> int:
         return int(self.data.data.ptr) if self.is_cuda else int(self.data.ctypes.data)
 
-    @property
+    @functools.cached_property
     def device_index(self) -> int:
         return int(self.data.device.id) if self.is_cuda else -1
 
