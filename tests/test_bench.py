@@ -58,3 +58,19 @@ def test_compare_flags_regressions(tmp_path, capsys):
 def test_sweep_size():
     problems = sweep(["bf16"], [64, 128], [512, 1024], [False, True], ["forward", "backward"])
     assert len(problems) == 16 and len({p.label for p in problems}) == 16
+
+
+def test_spot_check_slices_exactly():
+    import numpy as np
+    import attnplan
+    from attnplan.bench.runner import spot_check
+    problem = standard_problem("f64", 16, 8, True, "forward", tokens=24, hidden=64)   # b=3, h=4
+    desc = problem.descriptor()
+    sub, select = spot_check(desc)
+    assert (sub.batch, sub.heads_q, sub.heads_kv) == (1, 2, 2)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((3, 8, 4, 16)) for _ in range(3))
+    full = attnplan.attention(q, k, v, causal=True)
+    part = select({"q": q, "k": k, "v": v})
+    small = attnplan.attention(part["q"], part["k"], part["v"], causal=True)
+    np.testing.assert_array_equal(select({"out": full})["out"], small)
