@@ -74,3 +74,19 @@ def test_spot_check_slices_exactly():
     part = select({"q": q, "k": k, "v": v})
     small = attnplan.attention(part["q"], part["k"], part["v"], causal=True)
     np.testing.assert_array_equal(select({"out": full})["out"], small)
+
+
+def test_peers_accept_only_shared_semantics():
+    from attnplan.bench import peers
+    plain = standard_problem("bf16", 64, 512, True, "forward").descriptor()
+    window = standard_problem("bf16", 64, 512, True, "backward", ["window"]).descriptor()
+    varlen = standard_problem("bf16", 64, 512, False, "forward", ["varlen"]).descriptor()
+    assert all(peers.peer_reason(name, plain) is None for name in peers.KNOWN)
+    assert "window" in peers.peer_reason("torch.flash", window)
+    assert peers.peer_reason("flash_attn.fa2", window) is None
+    assert "backward" in peers.peer_reason("flashinfer.prefill", window)
+    assert all(peers.peer_reason(name, varlen) for name in peers.KNOWN)
+    assert "unknown peer" in peers.peer_reason("nonsense", plain)
+    top_left = plain.replace(seqlen_kv=1024, causal_alignment="top_left")
+    assert peers.peer_reason("torch.flash", top_left) is None
+    assert "bottom-right" in peers.peer_reason("flash_attn.fa2", top_left)

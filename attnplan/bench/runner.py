@@ -148,7 +148,7 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
             if reason:
                 skipped.append({"problem": problem.as_dict(), "backend": name, "reason": reason})
                 continue
-            contenders.append((name, lambda n=name: peers.prepare_torch(n, desc, sets, fixed)))
+            contenders.append((name, lambda n=name: peers.prepare(n, desc, sets, fixed)))
         for name, prepare in contenders:
             row = _measure(problem, desc, name, prepare, want, select, len(sets), repeats, warmup, on_gpu)
             rows.append(row)
