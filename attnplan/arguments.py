@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Optional
 
 import attrs
@@ -125,17 +127,38 @@ def _required(desc: AttentionDescriptor, direction: str) -> dict[str, bool]:
     }
 
 
+@attrs.frozen
+class _Rules:
+    """What a descriptor expects of its arguments, worked out once per descriptor (binding runs
+    on every call, so none of this is rebuilt there)."""
+    allowed: tuple
+    allowed_set: frozenset
+    required: dict
+    shapes: dict
+    dtypes: dict
+
+
+@functools.lru_cache(maxsize=256)
+def _rules(desc: AttentionDescriptor) -> _Rules:
+    allowed = BACKWARD_ARGUMENTS if desc.direction == "backward" else FORWARD_ARGUMENTS
+    out_dt, lse_dt = output_dtype(desc.dtype), lse_dtype(desc.dtype)
+    dtypes = {"q": (desc.dtype,), "k": (desc.dtype,), "v": (desc.dtype,), "out": (out_dt,),
+              "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",),
+              "cu_seqlens_q": ("i32",), "cu_seqlens_kv": ("i32",), "block_table": ("i32",),
+              "seqlens_kv": ("i32",)}
+    return _Rules(allowed, frozenset(allowed), _required(desc, desc.direction), expected_shapes(desc), dtypes)
+
+
 def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: bool = True) -> BoundArguments:
     """Check `kwargs` against `desc` and return them bound; raise InvalidArguments otherwise."""
-    allowed = BACKWARD_ARGUMENTS if desc.direction == "backward" else FORWARD_ARGUMENTS
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise InvalidArguments(unknown[0], f"is not a {desc.direction} argument (allowed: {', '.join(allowed)})")
+    rules = _rules(desc)
+    if not rules.allowed_set.issuperset(kwargs):
+        unknown = sorted(set(kwargs) - rules.allowed_set)
+        raise InvalidArguments(unknown[0], f"is not a {desc.direction} argument (allowed: {', '.join(rules.allowed)})")
     for name in ("q", "k", "v"):
         if kwargs.get(name) is None:
             raise InvalidArguments(name, "is required")
-    required = _required(desc, desc.direction)
-    for name, needed in required.items():
+    for name, needed in rules.required.items():
         given = kwargs.get(name) is not None
         if needed and not given:
             raise InvalidArguments(name, f"is required for this descriptor ({_why_required(name, desc)})")
@@ -144,12 +167,7 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
 
     q = as_tensor(kwargs["q"], "q")
     on_cuda, index = q.is_cuda, q.device_index
-    shapes = expected_shapes(desc)
-    out_dt, lse_dt = output_dtype(desc.dtype), lse_dtype(desc.dtype)
-    dtypes = {"q": (desc.dtype,), "k": (desc.dtype,), "v": (desc.dtype,), "out": (out_dt,),
-              "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",),
-              "cu_seqlens_q": ("i32",), "cu_seqlens_kv": ("i32",), "block_table": ("i32",),
-              "seqlens_kv": ("i32",)}
+    shapes, dtypes = rules.shapes, rules.dtypes
     bound: dict[str, Any] = {}
     for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS:
         if kwargs.get(name) is None:
