@@ -17,18 +17,14 @@ from attnplan.backend import Backend, Executable
 from attnplan.capabilities import Capabilities
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
-from attnplan.errors import InvalidArguments
 from attnplan.sku import KernelSku, PrecisionGuarantee
 from attnplan.streams import stream_handle
 
 from . import compiler, launcher, params, sm80_tiles
 from .backward import BackwardRunner
 from .dispatch import DispatchKey, TileConfig
-from .launch_params import common_values
+from .launch_params import check_vector_access, common_values
 
-# Kernels load 16-byte vectors: base pointers 16-byte aligned, strides multiples of 8 elements.
-VECTOR_BYTES = 16
-VECTOR_ELEMENTS = 8
 
 
 @attrs.frozen
@@ -198,18 +194,10 @@ class ForwardRunner:
         return self._kernel
 
     def check_arguments(self, bound) -> None:
-        for name in ("q", "k", "v", "out"):
-            t = getattr(bound, name)
-            if t is None:
-                continue
-            if t.ptr % VECTOR_BYTES:
-                raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
-            if any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
-                raise InvalidArguments(name, f"outer strides {list(t.strides[:-1])} must be multiples of "
-                                             f"{VECTOR_ELEMENTS} elements for this kernel")
+        check_vector_access({name: getattr(bound, name) for name in ("q", "k", "v", "out")})
 
     def __call__(self, bound, out, lse) -> None:
-        self.check_arguments(attrs.evolve(bound, out=out))
+        check_vector_access({"out": out})            # q, k, v: checked by Plan.can_implement
         values = common_values(self.desc, bound, out, lse)
         block = self.key.tiles.block_m
         grid = (math.ceil(self.desc.seqlen_q / block), self.desc.heads_q, self.desc.batch)

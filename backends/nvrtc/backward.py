@@ -28,11 +28,9 @@ from attnplan.streams import stream_handle
 
 from . import launcher, params, sm80_tiles
 from .dispatch import DispatchKey
-from .launch_params import backward_values, common_values
+from .launch_params import backward_values, check_vector_access, common_values
 
 ALIGN = 256
-VECTOR_BYTES = 16
-VECTOR_ELEMENTS = 8
 
 
 def _round_up(x: int, m: int) -> int:
@@ -103,15 +101,7 @@ class BackwardRunner:
         return self._kernels[entry]
 
     def check_arguments(self, bound) -> None:
-        for name in ("q", "k", "v", "out", "dout"):
-            t = getattr(bound, name)
-            if t is None:
-                continue
-            if t.ptr % VECTOR_BYTES:
-                raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
-            if any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
-                raise InvalidArguments(name, f"outer strides {list(t.strides[:-1])} must be multiples of "
-                                             f"{VECTOR_ELEMENTS} elements for this kernel")
+        check_vector_access({name: getattr(bound, name) for name in ("q", "k", "v", "out", "dout")})
         if bound.workspace is not None and bound.workspace.ptr % ALIGN:
             raise InvalidArguments("workspace", f"base address is not {ALIGN}-byte aligned")
 
@@ -120,9 +110,7 @@ class BackwardRunner:
 
         desc = self.desc
         self.check_arguments(bound)
-        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
-            if t.ptr % VECTOR_BYTES or any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
-                raise InvalidArguments(name, "gradient storage must be 16-byte aligned with strides of 8 elements")
+        check_vector_access({"dq": dq, "dk": dk, "dv": dv})
         handle = stream_handle(bound.stream, bound.q.origin)
         total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q
         with cupy.cuda.Device(self.device.index), _cupy_stream(cupy, handle, self.device.index):

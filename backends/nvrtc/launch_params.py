@@ -4,8 +4,27 @@ from __future__ import annotations
 
 from attnplan.arguments import BoundArguments
 from attnplan.descriptor import AttentionDescriptor
+from attnplan.errors import InvalidArguments
 from attnplan.interop import Tensor
 from attnplan.philox import dropout_threshold
+
+
+# The kernels move 16-byte vectors: base pointers 16-byte aligned, outer strides multiples of 8.
+VECTOR_BYTES = 16
+VECTOR_ELEMENTS = 8
+
+
+def check_vector_access(tensors: dict) -> None:
+    """InvalidArguments naming the first tensor (name -> Tensor or None) the kernels cannot load
+    with 16-byte vectors."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.ptr % VECTOR_BYTES:
+            raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
+        if any(s % VECTOR_ELEMENTS for s in t.strides[:-1]):
+            raise InvalidArguments(name, f"outer strides {list(t.strides[:-1])} must be multiples of "
+                                         f"{VECTOR_ELEMENTS} elements for this kernel")
 
 
 def _pointer(t) -> int:

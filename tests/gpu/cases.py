@@ -14,6 +14,29 @@ def _desc(**fields) -> AttentionDescriptor:
     return AttentionDescriptor(**base)
 
 
+# Every mask feature (and GQA, head_dim_v, layout) on one base problem, for both directions.
+FEATURE_BASE = dict(head_dim=64, seqlen_q=300, seqlen_kv=517)
+FEATURES = {
+    "top_left": dict(causal=True, causal_alignment="top_left"),
+    "top_left_q_longer": dict(causal=True, causal_alignment="top_left", seqlen_q=517, seqlen_kv=300),
+    "bottom_right_q_longer": dict(causal=True, seqlen_q=517, seqlen_kv=300),
+    "window_causal": dict(causal=True, window=(64, 0)),
+    "window_two_sided": dict(window=(32, 48)),
+    "window_sinks": dict(causal=True, window=(40, 0), sink_tokens=5),
+    "alibi": dict(causal=True, alibi=True),
+    "softcap": dict(softcap=30.0 / 8.0),
+    "sink_logits": dict(causal=True, window=(16, 0), sink_logits=True),
+    "dropout": dict(dropout_p=0.17),
+    "dropout_causal": dict(causal=True, dropout_p=0.3),
+    "gqa4": dict(heads_q=8, heads_kv=2, causal=True),
+    "mqa8": dict(heads_q=8, heads_kv=1),
+    "dv_differs": dict(head_dim=192, head_dim_v=128, causal=True),
+    "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0,
+                       sink_logits=True, dropout_p=0.1, heads_q=8, heads_kv=2),
+    "bhsd": dict(layout="bhsd", causal=True),
+}
+
+
 def forward_cases() -> list[tuple[str, AttentionDescriptor]]:
     cases = []
     for dtype, head_dim, causal in itertools.product(("bf16", "f16"), (64, 128, 256, 72), (False, True)):
@@ -23,29 +46,9 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor]]:
             batch, heads = (1, 2) if max(sq, skv) >= 4096 else (2, 4)
             cases.append((f"len{sq}x{skv}-causal{int(causal)}",
                           _desc(seqlen_q=sq, seqlen_kv=skv, causal=causal, batch=batch, heads_q=heads, heads_kv=heads)))
-    d64 = dict(head_dim=64, seqlen_q=300, seqlen_kv=517)
-    features = {
-        "top_left": dict(causal=True, causal_alignment="top_left"),
-        "top_left_q_longer": dict(causal=True, causal_alignment="top_left", seqlen_q=517, seqlen_kv=300),
-        "bottom_right_q_longer": dict(causal=True, seqlen_q=517, seqlen_kv=300),
-        "window_causal": dict(causal=True, window=(64, 0)),
-        "window_two_sided": dict(window=(32, 48)),
-        "window_sinks": dict(causal=True, window=(40, 0), sink_tokens=5),
-        "alibi": dict(causal=True, alibi=True),
-        "softcap": dict(softcap=30.0 / 8.0),
-        "sink_logits": dict(causal=True, window=(16, 0), sink_logits=True),
-        "dropout": dict(dropout_p=0.17),
-        "dropout_causal": dict(causal=True, dropout_p=0.3),
-        "gqa4": dict(heads_q=8, heads_kv=2, causal=True),
-        "mqa8": dict(heads_q=8, heads_kv=1),
-        "dv_differs": dict(head_dim=192, head_dim_v=128, causal=True),
-        "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0,
-                           sink_logits=True, dropout_p=0.1, heads_q=8, heads_kv=2),
-        "bhsd": dict(layout="bhsd", causal=True),
-    }
-    for name, extra in features.items():
+    for name, extra in FEATURES.items():
         for head_dim in (64, 128):
-            fields = {**d64, "head_dim": head_dim, **extra}
+            fields = {**FEATURE_BASE, "head_dim": head_dim, **extra}
             cases.append((f"{name}-d{fields['head_dim']}", _desc(**fields)))
     cases += [
         ("varlen", _desc(layout="thd", batch=5, seqlen_q=300, seqlen_kv=400)),
@@ -73,30 +76,10 @@ def backward_cases() -> list[tuple[str, AttentionDescriptor]]:
     for sq, skv in ((1, 1), (17, 17), (1, 1023), (113, 1023), (1023, 113), (1023, 1023)):
         for causal in (False, True):
             cases.append((f"len{sq}x{skv}-causal{int(causal)}", bwd(seqlen_q=sq, seqlen_kv=skv, causal=causal)))
-    d64 = dict(head_dim=64, seqlen_q=300, seqlen_kv=517)
-    features = {
-        "top_left": dict(causal=True, causal_alignment="top_left"),
-        "top_left_q_longer": dict(causal=True, causal_alignment="top_left", seqlen_q=517, seqlen_kv=300),
-        "bottom_right_q_longer": dict(causal=True, seqlen_q=517, seqlen_kv=300),
-        "window_causal": dict(causal=True, window=(64, 0)),
-        "window_two_sided": dict(window=(32, 48)),
-        "window_sinks": dict(causal=True, window=(40, 0), sink_tokens=5),
-        "window_sinks_two_sided": dict(window=(40, 20), sink_tokens=70),
-        "alibi": dict(causal=True, alibi=True),
-        "softcap": dict(softcap=30.0 / 8.0),
-        "sink_logits": dict(causal=True, window=(16, 0), sink_logits=True),
-        "dropout": dict(dropout_p=0.17),
-        "dropout_causal": dict(causal=True, dropout_p=0.3),
-        "gqa4": dict(heads_q=8, heads_kv=2, causal=True),
-        "mqa8": dict(heads_q=8, heads_kv=1),
-        "dv_differs": dict(head_dim=192, head_dim_v=128, causal=True),
-        "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0,
-                           sink_logits=True, dropout_p=0.1, heads_q=8, heads_kv=2),
-        "bhsd": dict(layout="bhsd", causal=True),
-    }
-    for name, extra in features.items():
+    backward_features = {**FEATURES, "window_sinks_two_sided": dict(window=(40, 20), sink_tokens=70)}
+    for name, extra in backward_features.items():
         for head_dim in (64, 128):
-            fields = {**d64, "head_dim": head_dim, **extra}
+            fields = {**FEATURE_BASE, "head_dim": head_dim, **extra}
             cases.append((f"{name}-d{fields['head_dim']}", bwd(**fields)))
     cases += [
         ("dv_smaller-d256x64", bwd(head_dim=256, head_dim_v=64, seqlen_q=200, seqlen_kv=300)),
