@@ -37,7 +37,10 @@ def kernels_dir() -> Path:
 @functools.lru_cache(maxsize=None)
 def _nvrtc():
     try:
-        from cuda.bindings import nvrtc
+        try:
+            from cuda.bindings import nvrtc
+        except ImportError:          # cuda-python 12 before the cuda.bindings layout
+            from cuda import nvrtc
         err, major, minor = nvrtc.nvrtcVersion()
     except Exception as exc:  # ImportError, or the shared library missing
         raise NvrtcUnavailable(f"NVRTC is not available: {exc}") from None
