@@ -49,17 +49,24 @@ def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: i
 def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
     """{block_m, block_n, num_warps, smem_bytes} for the given head dims on sm_`arch` (80, 86, 89, 90 ...)."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
-    for dim in (head_dim, head_dim_v):
-        if dim % 8 or not 8 <= dim <= 256:
-            raise ValueError(f"head dim {dim}: must be a multiple of 8 in [8, 256]")
+    _check_dims(head_dim, head_dim_v)
+    return _first_fitting(_PREFERRED, _FALLBACKS, lambda m, n: shared_memory_bytes(head_dim, head_dim_v, m, n),
+                          head_dim, head_dim_v, arch, "tile")
+
+
+def _first_fitting(preferred_by_dim, fallbacks, smem_of, head_dim: int, head_dim_v: int, arch: int,
+                   what: str) -> dict:
+    """The preferred (block_m, block_n, num_warps) for the wider head dim, else the first fallback,
+    whose shared memory smem_of(block_m, block_n) fits sm_`arch`."""
     widest = max(head_dim, head_dim_v)
-    preferred = next(cfg for limit, cfg in _PREFERRED if widest <= limit)
+    preferred = next(cfg for limit, cfg in preferred_by_dim if widest <= limit)
     limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    for block_m, block_n, num_warps in (preferred, *_FALLBACKS):
-        smem = shared_memory_bytes(head_dim, head_dim_v, block_m, block_n)
+    for block_m, block_n, num_warps in (preferred, *fallbacks):
+        smem = smem_of(block_m, block_n)
         if smem <= limit:
             return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
-    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 tile fits {limit} bytes of shared memory on sm_{arch}")
+    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 {what} fits {limit} bytes of shared memory "
+                     f"on sm_{arch}")
 
 
 def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, int, int]:
@@ -147,12 +154,5 @@ def dq_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80)
     """{block_m, block_n, num_warps, smem_bytes} of the deterministic attn_bwd_dq_kernel on sm_`arch`."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
-    widest = max(head_dim, head_dim_v)
-    preferred = next(cfg for limit, cfg in _DQ_PREFERRED if widest <= limit)
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    for block_m, block_n, num_warps in (preferred, *_DQ_FALLBACKS):
-        smem = dq_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n)
-        if smem <= limit:
-            return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
-    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 dQ tile fits {limit} bytes of shared memory "
-                     f"on sm_{arch}")
+    return _first_fitting(_DQ_PREFERRED, _DQ_FALLBACKS, lambda m, n: dq_shared_memory_bytes(head_dim, head_dim_v, m, n),
+                          head_dim, head_dim_v, arch, "dQ tile")
