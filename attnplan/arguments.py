@@ -51,7 +51,7 @@ class BoundArguments:
         return self.q.is_cuda
 
 
-def _sequence_dims(desc: AttentionDescriptor, role: str) -> tuple:
+def sequence_dims(desc: AttentionDescriptor, role: str) -> tuple:
     """The leading dims of q-like ('q') and kv-like ('kv') tensors, None = free."""
     heads = desc.heads_q if role == "q" else desc.heads_kv
     seqlen = desc.seqlen_q if role == "q" else desc.seqlen_kv
@@ -66,7 +66,7 @@ def _sequence_dims(desc: AttentionDescriptor, role: str) -> tuple:
 
 def expected_shapes(desc: AttentionDescriptor) -> dict[str, tuple]:
     """Shape of every array argument for `desc` (None marks a dimension that is free)."""
-    q_dims, kv_dims = _sequence_dims(desc, "q"), _sequence_dims(desc, "kv")
+    q_dims, kv_dims = sequence_dims(desc, "q"), sequence_dims(desc, "kv")
     shapes = {
         "q": q_dims + (desc.head_dim,),
         "k": kv_dims + (desc.head_dim,),
@@ -82,6 +82,11 @@ def expected_shapes(desc: AttentionDescriptor) -> dict[str, tuple]:
     if desc.paged is not None:
         shapes["block_table"] = (desc.batch, desc.paged.max_pages_per_seq)
     return shapes
+
+
+def lse_shape(desc: AttentionDescriptor, total_q: int) -> tuple:
+    """Shape of the LSE: [batch, heads_q, seqlen_q], or [heads_q, total_q] for `thd`."""
+    return (desc.heads_q, total_q) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
 
 
 def _shape_matches(shape: tuple, expected: tuple) -> bool:

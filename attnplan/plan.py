@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Optional
 import attrs
 
 from . import registry
-from .arguments import BoundArguments, bind_arguments
+from .arguments import BoundArguments, bind_arguments, lse_shape
 from .backend import Backend, Executable
 from .capabilities import capability_reasons
 from .descriptor import AttentionDescriptor
@@ -148,8 +148,7 @@ class Plan:
         out = self._output(bound.out, out_shape, output_dtype(desc.dtype), q)
         lse = bound.lse
         if lse is None and desc.return_lse:
-            lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
-            lse = wrap_storage(empty(lse_shape, lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
+            lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
         self._executable.forward(bound, out, lse)
         result_out = args["out"] if args.get("out") is not None else to_caller(out.data, out.dtype, q)
         result_lse = None

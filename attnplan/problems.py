@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arguments import lse_shape, sequence_dims
 from .descriptor import AttentionDescriptor
 from .device import Device
 from .dtypes import HOST_DTYPES, lse_dtype, output_dtype
@@ -33,26 +34,20 @@ def random_inputs(desc: AttentionDescriptor, device: Device, seed: int = 0, vary
     def tensor(shape):
         return rng.standard_normal(shape, dtype=np.float32).astype(HOST_DTYPES[desc.dtype])
 
+    # The leading dims the plan expects; the one free dim (total tokens, page count) is filled in.
+    q_shape, kv_shape = sequence_dims(desc, "q"), sequence_dims(desc, "kv")
     if desc.layout == "thd":
         args["cu_seqlens_q"] = _cumulative(q_lengths)
-        q_shape = (int(q_lengths.sum()), desc.heads_q)
-    elif desc.layout == "bhsd":
-        q_shape = (desc.batch, desc.heads_q, desc.seqlen_q)
-    else:
-        q_shape = (desc.batch, desc.seqlen_q, desc.heads_q)
+        q_shape = (int(q_lengths.sum()),) + q_shape[1:]
     if desc.paged is not None:
-        page_size, max_pages = desc.paged.page_size, desc.paged.max_pages_per_seq
+        max_pages = desc.paged.max_pages_per_seq
         num_pages = desc.batch * max_pages
         args["block_table"] = rng.permutation(num_pages).astype(np.int32).reshape(desc.batch, max_pages)
         args["seqlens_kv"] = kv_lengths.astype(np.int32)
-        kv_shape = (num_pages, page_size, desc.heads_kv)
+        kv_shape = (num_pages,) + kv_shape[1:]
     elif desc.layout == "thd":
         args["cu_seqlens_kv"] = _cumulative(kv_lengths)
-        kv_shape = (int(kv_lengths.sum()), desc.heads_kv)
-    elif desc.layout == "bhsd":
-        kv_shape = (desc.batch, desc.heads_kv, desc.seqlen_kv)
-    else:
-        kv_shape = (desc.batch, desc.seqlen_kv, desc.heads_kv)
+        kv_shape = (int(kv_lengths.sum()),) + kv_shape[1:]
     args["q"] = tensor(q_shape + (desc.head_dim,))
     args["k"] = tensor(kv_shape + (desc.head_dim,))
     args["v"] = tensor(kv_shape + (desc.head_dim_v,))
@@ -98,10 +93,6 @@ def _raw_device(value, cupy):
     width = np.uint16 if value.dtype.itemsize == 2 else np.uint8
     dtype = {2: "bf16"}.get(value.dtype.itemsize) or ("e4m3" if value.dtype == HOST_DTYPES["e4m3"] else "e5m2")
     return Tensor(cupy.asarray(value.view(width)), dtype, "cupy", None)
-
-
-def lse_shape(desc: AttentionDescriptor, total_q: int) -> tuple:
-    return (desc.heads_q, total_q) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
 
 
 __all__ = ["random_inputs", "lse_shape", "output_dtype", "lse_dtype"]

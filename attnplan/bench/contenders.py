@@ -39,6 +39,7 @@ def _timed_first_call(build: Callable[[], Callable[[int], object]]) -> tuple[Cal
 def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: Optional[Plan] = None) -> Prepared:
     """One of our backends.  `input_sets` hold q/k/v/... per set; `fixed` holds out/lse/dout
     per set for backward (computed once by the reference)."""
+    from attnplan.arguments import lse_shape
     from attnplan.interop import empty, wrap_storage, as_tensor
     from attnplan.dtypes import lse_dtype, output_dtype
 
@@ -53,9 +54,7 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: 
             shape = q.shape[:-1] + (desc.head_dim_v,)
             out = [wrap_storage(empty(shape, output_dtype(desc.dtype), q), output_dtype(desc.dtype))
                    for _ in input_sets]
-            lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q,
-                                                                                 desc.seqlen_q)
-            lse = [wrap_storage(empty(lse_shape, lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
+            lse = [wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
                    for _ in input_sets]
 
             def launch(i):

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 
 import attnplan
 from attnplan import registry
-from attnplan.arguments import bind_arguments
+from attnplan.arguments import bind_arguments, lse_shape
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import Device, default_device
 from attnplan.dtypes import lse_dtype, output_dtype
@@ -49,8 +49,7 @@ def _reference(desc, args: dict, out_dtype: str, compute: str = "f32"):
     bound = bind_arguments(fwd, {k: v for k, v in args.items() if k in _FORWARD_ARGS}, check_values=False)
     q = bound.q
     out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), out_dtype, q), out_dtype)
-    lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
-    lse = wrap_storage(empty(lse_shape, lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
+    lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
     exe.forward(bound, out, lse)
     return out, lse
 

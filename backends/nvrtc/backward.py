@@ -21,6 +21,7 @@ import warnings
 
 import attrs
 
+from attnplan.arguments import lse_shape
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
 from attnplan.errors import InvalidArguments
@@ -141,7 +142,7 @@ class BackwardRunner:
 
     def _sink_gradient(self, bound, dsink, base: int, total_q: int, owner, cupy) -> None:
         desc = self.desc
-        shape = (desc.heads_q, total_q) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
+        shape = lse_shape(desc, total_q)
         owner = owner if owner is not None else bound.workspace.data
         memory = cupy.cuda.UnownedMemory(base, self.layout.delta_bytes, owner)
         delta = cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))

@@ -7,7 +7,7 @@ import numpy as np
 
 from attnplan import Plan
 from attnplan.accuracy import host_f64, max_abs_error, within_tolerance
-from attnplan.arguments import bind_arguments
+from attnplan.arguments import bind_arguments, lse_shape
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import default_device
 from attnplan.dtypes import lse_dtype, output_dtype
@@ -34,8 +34,7 @@ def reference_forward(desc, args, compute="f64", emulate=False, out_dtype="f64")
     xp = bound.q.xp
     q = bound.q
     out = _storage(q.shape[:-1] + (desc.head_dim_v,), out_dtype, xp)
-    lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
-    lse = _storage(lse_shape, "f64" if out_dtype == "f64" else "f32", xp)
+    lse = _storage(lse_shape(desc, q.shape[0]), "f64" if out_dtype == "f64" else "f32", xp)
     exe.forward(bound, out, lse)
     return out, lse
 
@@ -45,8 +44,7 @@ def poisoned_outputs(desc, args):
     q = args["q"]
     shape = tuple(q.shape[:-1]) + (desc.head_dim_v,)
     out = _storage(shape, output_dtype(desc.dtype), cupy)
-    lse_shape = (desc.heads_q, q.shape[0]) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q)
-    lse = _storage(lse_shape, lse_dtype(desc.dtype), cupy)
+    lse = _storage(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), cupy)
     return out, lse
 
 
