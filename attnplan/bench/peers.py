@@ -91,7 +91,7 @@ def to_torch(x, dtype: str):
 
 def prepare(name: str, desc, input_sets: list[dict], fixed: list[dict]) -> Prepared:
     if name in TORCH_KINDS:
-        return prepare_torch(name, desc, input_sets, fixed)
+        return _prepare_bshd(name, desc, input_sets, fixed, _torch_sdpa(name, desc))
     if name in FLASH_ATTN:
         module, function = FLASH_ATTN[name]
         attend = getattr(importlib.import_module(module), function)
@@ -100,7 +100,7 @@ def prepare(name: str, desc, input_sets: list[dict], fixed: list[dict]) -> Prepa
             result = attend(q, k, v, softmax_scale=desc.scale, causal=desc.causal, window_size=desc.window,
                             softcap=desc.softcap)
             return result[0] if isinstance(result, tuple) else result
-        return _prepare_bshd(name, desc, input_sets, fixed, call, backward=True)
+        return _prepare_bshd(name, desc, input_sets, fixed, call)
     if name in FLASHINFER:
         return _prepare_flashinfer(name, desc, input_sets, fixed)
     raise ValueError(f"unknown peer {name!r}")
@@ -110,9 +110,9 @@ def _views(desc, input_sets):
     return [{k: to_torch(s[k], desc.dtype) for k in ("q", "k", "v")} for s in input_sets]
 
 
-def _prepare_bshd(name: str, desc, input_sets, fixed, call, backward: bool) -> Prepared:
-    """A peer that takes [batch, seq, heads, dim] tensors (flash_attn): forward, or backward
-    through autograd with the forward graph built outside the timing."""
+def _prepare_bshd(name: str, desc, input_sets, fixed, call) -> Prepared:
+    """A peer called on [batch, seq, heads, dim] tensors: forward, or backward through autograd
+    with the forward graph built outside the timing (only the backward is timed)."""
     import torch
     views = _views(desc, input_sets)
     results: dict[int, dict] = {}
@@ -166,47 +166,18 @@ def _prepare_flashinfer(name: str, desc, input_sets, fixed) -> Prepared:
     return Prepared(name, None, first, launch, lambda i: results[i])
 
 
-def prepare_torch(name: str, desc, input_sets: list[dict], fixed: list[dict]) -> Prepared:
-    import torch
+def _torch_sdpa(name: str, desc):
+    """PyTorch SDPA restricted to one backend, called on bshd tensors: their [b, h, s, d] views go
+    in, as in FlashAttention's own benchmarks, and the output comes back as a bshd view."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
     kind = getattr(SDPBackend, TORCH_KINDS[name])
     gqa = desc.heads_q != desc.heads_kv
-    # bshd storage seen as [b, h, s, d] views, as FlashAttention's own benchmarks do.
-    views = [{k: to_torch(s[k], desc.dtype).transpose(1, 2) for k in ("q", "k", "v")} for s in input_sets]
-    results: dict[int, dict] = {}
 
-    def attend(q, k, v):
+    def call(q, k, v):
         with sdpa_kernel([kind]):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=desc.causal, scale=desc.scale,
-                                                  enable_gqa=gqa)
-
-    if desc.direction == "forward":
-        def build():
-            def launch(i):
-                v = views[i]
-                results[i] = {"out": attend(v["q"], v["k"], v["v"]).transpose(1, 2)}
-            return launch
-    else:
-        graphs = []
-        for i, v in enumerate(views):
-            q, k, vv = (v[n].detach().requires_grad_() for n in ("q", "k", "v"))
-            graphs.append((q, k, vv, to_torch(fixed[i]["dout"], desc.dtype).transpose(1, 2)))
-
-        def build():
-            outs = {}
-
-            def launch(i):
-                q, k, v, dout = graphs[i]
-                if i not in outs:                  # the forward graph is built once, outside the timing
-                    outs[i] = attend(q, k, v)
-                dq, dk, dv = torch.autograd.grad(outs[i], (q, k, v), dout, retain_graph=True)
-                results[i] = {"dq": dq.transpose(1, 2), "dk": dk.transpose(1, 2), "dv": dv.transpose(1, 2)}
-            for i in range(len(graphs)):          # forward graphs first: only backward is timed
-                q, k, v, _ = graphs[i]
-                outs[i] = attend(q, k, v)
-            return launch
-
-    launch, first = _timed_first_call(build)
-    return Prepared(name, None, first, launch, lambda i: results[i])
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=desc.causal, scale=desc.scale, enable_gqa=gqa)
+        return out.transpose(1, 2)
+    return call
