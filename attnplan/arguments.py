@@ -45,6 +45,9 @@ class BoundArguments:
     dropout_seed: int = 0
     workspace: Optional[Tensor] = None
     stream: Any = None
+    # Hashable: fixes the type, dtype, shape, strides and device of every array argument (None where
+    # not known); backends key what they derive from the arguments' layout on it.
+    signature: Any = None
 
     @property
     def is_cuda(self) -> bool:
@@ -162,22 +165,53 @@ _VERIFIED: dict = {}
 _VERIFIED_LIMIT = 4096
 
 
+def _numpy_facts(x) -> tuple:
+    return x.dtype, x.shape, x.strides, -1, x.flags.writeable
+
+
+def _cupy_facts(x) -> tuple:
+    return x.dtype, x.shape, x.strides, x.data.device_id
+
+
+def _torch_facts(x) -> tuple:
+    return x.dtype, tuple(x.shape), x.stride(), x.device, x.is_conj() or x.is_neg()
+
+
+# Array type -> the facts the structural checks read; types are looked up once (None: not cacheable).
+_FACTS: dict = {np.ndarray: _numpy_facts}
+
+
+def _facts_of(kind: type):
+    if kind not in _FACTS:
+        module = kind.__module__
+        if module.startswith("cupy") and kind.__name__ == "ndarray":
+            _FACTS[kind] = _cupy_facts
+        elif module.startswith("torch") and hasattr(kind, "stride") and hasattr(kind, "is_conj"):
+            _FACTS[kind] = _torch_facts
+        else:
+            _FACTS[kind] = None
+    return _FACTS[kind]
+
+
 def _signature(kwargs: dict):
     """Everything the structural checks depend on, or None where it cannot be read cheaply (then
-    the full checks run)."""
+    the full checks run).  Also keys what backends derive from the arguments' layout."""
     parts = []
     for name, x in kwargs.items():
-        if x is None or name in ("dropout_seed", "stream"):
+        if x is None or name == "dropout_seed" or name == "stream":
             parts.append((name, x is None))
             continue
-        data = x.data if isinstance(x, Tensor) else x
-        module = type(data).__module__
-        if not (module.startswith("numpy") or module.startswith("cupy")):
+        kind = type(x)
+        if kind is Tensor:
+            facts = _facts_of(type(x.data))
+            if facts is None:
+                return None
+            parts.append((name, x.dtype, facts(x.data)))
+            continue
+        facts = _facts_of(kind)
+        if facts is None:
             return None
-        device = data.device.id if module.startswith("cupy") else -1
-        writeable = getattr(data.flags, "writeable", True)        # CuPy arrays have no such flag
-        parts.append((name, type(x), x.dtype if isinstance(x, Tensor) else None, data.dtype, data.shape,
-                      data.strides, device, writeable))
+        parts.append((name, kind, facts(x)))
     return tuple(parts)
 
 
@@ -197,6 +231,7 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
             _VERIFIED[key] = True
     bound["dropout_seed"] = _check_seed(desc, kwargs.get("dropout_seed"))
     bound["stream"] = kwargs.get("stream")
+    bound["signature"] = signature
     if check_values:
         check_index_values(desc, bound)
     return BoundArguments(**bound)

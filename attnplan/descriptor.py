@@ -88,7 +88,7 @@ def _paged_valid(_, attribute, value):
         raise InvalidDescriptor(attribute.name, value, "None or attnplan.PagedKV(page_size, max_pages_per_seq)")
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, cache_hash=True)     # hashed on every call (plan caches key on it)
 class AttentionDescriptor:
     """Everything that decides which kernel may run an attention problem.
 

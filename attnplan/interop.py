@@ -27,10 +27,11 @@ def _cupy():
     return cupy
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen(eq=False, slots=False)
 class Tensor:
     """A caller array seen as (storage array, logical dtype, where it came from).  Its facts
-    (device, shape, strides, pointer) are computed once: they are read on every call."""
+    (device, shape, strides, pointer) are computed once: they are read on every call.  Not slotted,
+    so that a computed fact is a plain instance-dict read afterwards."""
 
     data: Any                  # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
     dtype: str                 # "f16", "bf16", ..., or "i32"/"i64" for index arrays, or "other:<x>"

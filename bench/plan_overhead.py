@@ -15,6 +15,10 @@ import json
 import statistics
 import time
 
+try:            # PyTorch first: imported after the cuDNN frontend has run graphs, torch 2.x fails to
+    import torch  # noqa: F401   register one of its own custom ops (seen with frontend 1.32)
+except ImportError:
+    pass
 import cupy
 
 from attnplan import AttentionDescriptor, Plan
@@ -40,6 +44,29 @@ def host_us_per_call(fn) -> float:
     return statistics.median(batches)
 
 
+def write_profile(path: str, fn, calls: int = 3000) -> None:
+    """cProfile of `calls` calls of fn, sorted by own time, for finding where host time goes."""
+    import cProfile
+    import io
+    import os
+    import pstats
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(calls):
+        fn()
+        if i % BATCH == 0:
+            cupy.cuda.get_current_stream().synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(45)
+    with open(path, "w") as f:
+        f.write(text.getvalue())
+
+
 def capture_bare_call(plan, args, module, attribute):
     """Run plan once with `module.attribute` wrapped; return a zero-argument bare re-launch."""
     original = getattr(module, attribute)
@@ -58,9 +85,32 @@ def capture_bare_call(plan, args, module, attribute):
     return lambda: original(*a, **k)
 
 
+def torch_sdpa_host_time(desc) -> dict:
+    """Host time per call of PyTorch SDPA on the same problem, for scale (no bare launch known)."""
+    try:
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return {}
+    shape = (desc.batch, desc.heads_q, desc.seqlen_q, desc.head_dim)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    rows = {}
+    for name, kind in (("torch.cudnn", SDPBackend.CUDNN_ATTENTION), ("torch.flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(kind):
+                call = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=desc.causal)
+                call()
+                rows[name] = host_us_per_call(call)
+        except Exception as exc:
+            rows[name] = f"unavailable: {type(exc).__name__}"
+    return {"backend": "torch_sdpa_host_us", **rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", default=None)
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="also write a cProfile report of plan.run per backend into DIR")
     options = parser.parse_args()
     device = default_device()
     desc = AttentionDescriptor(batch=1, seqlen_q=128, seqlen_kv=128, heads_q=8, heads_kv=8, head_dim=64,
@@ -84,11 +134,17 @@ def main() -> None:
         checked = host_us_per_call(lambda: plan.run(**run_args))
         unchecked = host_us_per_call(lambda: plan.run(check_values=False, **run_args))
         bare_us = host_us_per_call(bare)
+        if options.profile:
+            write_profile(f"{options.profile}/profile-{backend}.txt", lambda: plan.run(**run_args))
         row = {"backend": backend, "sku": plan.sku.kernel, "plan_run_us": checked,
                "plan_run_unchecked_us": unchecked, "bare_launch_us": bare_us,
                "overhead_us": checked - bare_us, "overhead_unchecked_us": unchecked - bare_us}
         rows.append(row)
         print(json.dumps(row))
+    torch_row = torch_sdpa_host_time(desc)
+    if torch_row:
+        rows.append(torch_row)
+        print(json.dumps(torch_row))
     if options.output:
         with open(options.output, "w") as f:
             json.dump({"device": device_description(device), "versions": versions(), "problem": desc.to_dict(),

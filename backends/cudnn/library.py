@@ -87,17 +87,18 @@ def versions() -> dict:
 
 def handle(device_index: int, stream: Optional[int] = None):
     """This thread's cuDNN handle for `device_index` (cuDNN handles are not to be shared across
-    threads), set to run on `stream` when one is given."""
+    threads), set to run on `stream` when one is given (cuDNN is told only when the stream changes)."""
     cudnn = module()
     handles = getattr(_local, "handles", None)
     if handles is None:
         handles = _local.handles = {}
-    h = handles.get(device_index)
-    if h is None:
+    entry = handles.get(device_index)
+    if entry is None:
         import cupy
         with cupy.cuda.Device(device_index):
-            h = cudnn.create_handle()
-        handles[device_index] = h
-    if stream is not None:
-        cudnn.set_stream(h, int(stream))
-    return h
+            entry = [cudnn.create_handle(), None]
+        handles[device_index] = entry
+    if stream is not None and entry[1] != stream:
+        cudnn.set_stream(entry[0], int(stream))
+        entry[1] = stream
+    return entry[0]

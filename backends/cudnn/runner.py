@@ -12,6 +12,7 @@ import numpy as np
 
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.errors import InvalidArguments
+from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
 
 from . import library
@@ -72,16 +73,22 @@ class CudnnRunner:
         self.desc, self.canonical, self.plan_name = desc, canonical, plan_name
         self.workspaces = _Workspaces()
         self._constants: dict = {}
+        self._checked = LayoutCache()
+        self._graphs = LayoutCache()        # argument signature -> BuiltGraph
 
     # -- argument checks --------------------------------------------------------------------
 
-    def check_arguments(self, bound) -> None:
-        for name in ("q", "k", "v", "out", "dout", "lse"):
-            t = getattr(bound, name, None)
-            if t is None or not t.is_cuda:
-                continue
-            if t.ptr % ALIGN_BYTES:
+    @staticmethod
+    def check_alignment(tensors) -> None:
+        for name, t in tensors:
+            if t is not None and t.is_cuda and t.ptr % ALIGN_BYTES:
                 raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+
+    def check_arguments(self, bound) -> None:
+        self.check_alignment((name, getattr(bound, name)) for name in ("q", "k", "v", "out", "dout", "lse"))
+        self._checked.get(bound.signature, lambda: self._check_layout(bound) or True)
+
+    def _check_layout(self, bound) -> None:
         if self.desc.layout == "thd":
             for name in ("q", "k", "v", "out", "dout"):
                 t = getattr(bound, name, None)
@@ -168,11 +175,10 @@ class CudnnRunner:
         desc = self.desc
         device_index = bound.q.device_index
         self.check_arguments(bound)
-        for name, t in (("out", out), ("lse", lse)):
-            if t is not None and t.ptr % ALIGN_BYTES:
-                raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+        self.check_alignment((("out", out), ("lse", lse)))
         tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": out}
-        built = self._graph(device_index, self._geometry(tensors, bound, lse is not None), "q")
+        built = self._graphs.get(bound.signature, lambda: self._graph(
+            device_index, self._geometry(tensors, bound, lse is not None), "q"))
         stream = stream_handle(bound.stream, bound.q.origin)
         keep: list = []
         with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
@@ -203,12 +209,10 @@ class CudnnRunner:
         desc = self.desc
         device_index = bound.q.device_index
         self.check_arguments(bound)
-        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
-            if t.ptr % ALIGN_BYTES:
-                raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
+        self.check_alignment((("dq", dq), ("dk", dk), ("dv", dv)))
         tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": bound.out, "do": bound.dout,
                    "dq": dq, "dk": dk, "dv": dv}
-        built = self._graph(device_index, self._geometry(tensors, bound, False), "q")
+        built = self._graphs.get(bound.signature, lambda: self._graph(device_index, self._geometry(tensors, bound, False), "q"))
         stream = stream_handle(bound.stream, bound.q.origin)
         keep: list = []
         with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):

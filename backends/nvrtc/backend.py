@@ -17,13 +17,14 @@ from attnplan.backend import Backend, Executable
 from attnplan.capabilities import Capabilities
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
+from attnplan.layout_cache import LayoutCache
 from attnplan.sku import KernelSku, PrecisionGuarantee
 from attnplan.streams import stream_handle
 
 from . import compiler, launcher, params, sm80_tiles
 from .backward import BackwardRunner
 from .dispatch import DispatchKey, TileConfig
-from .launch_params import check_vector_access, common_values
+from .launch_params import check_vector_pointers, check_vector_strides, layout_values, pointer_values
 
 
 
@@ -180,12 +181,20 @@ class NvrtcBackend(Backend):
                           check_arguments=runner.check_arguments)
 
 
+FORWARD_PER_CALL = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv",
+                    "block_table", "seqlens_kv", "dropout_seed")
+
+
 class ForwardRunner:
-    """Launches the forward kernel for bound arguments (loads the module on first use)."""
+    """Launches the forward kernel for bound arguments (loads the module on first use).  The stride
+    checks and the parameter block's layout fields are worked out once per argument signature."""
 
     def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: int, device: Device):
         self.desc, self.key, self.cubin, self.shared, self.device = desc, key, cubin, shared, device
+        self.grid = (math.ceil(desc.seqlen_q / key.tiles.block_m), desc.heads_q, desc.batch)
         self._kernel = None
+        self._checked = LayoutCache()
+        self._blocks = LayoutCache()
 
     def kernel(self):
         if self._kernel is None:
@@ -194,12 +203,16 @@ class ForwardRunner:
         return self._kernel
 
     def check_arguments(self, bound) -> None:
-        check_vector_access({name: getattr(bound, name) for name in ("q", "k", "v", "out")})
+        tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "out": bound.out}
+        self._checked.get(bound.signature, lambda: check_vector_strides(tensors) or True)
+        check_vector_pointers(tensors)
+
+    def _block(self, bound, out, lse) -> params.ParamBlock:
+        check_vector_strides({"out": out})          # q, k, v: checked by Plan.can_implement
+        return params.ParamBlock("forward", layout_values(self.desc, bound, out, lse), FORWARD_PER_CALL)
 
     def __call__(self, bound, out, lse) -> None:
-        check_vector_access({"out": out})            # q, k, v: checked by Plan.can_implement
-        values = common_values(self.desc, bound, out, lse)
-        block = self.key.tiles.block_m
-        grid = (math.ceil(self.desc.seqlen_q / block), self.desc.heads_q, self.desc.batch)
+        block = self._blocks.get(bound.signature, lambda: self._block(bound, out, lse))
+        check_vector_pointers({"out": out})
         handle = stream_handle(bound.stream, bound.q.origin)
-        launcher.launch(self.kernel(), grid, params.pack("forward", values), handle)
+        launcher.launch(self.kernel(), self.grid, block.fill(pointer_values(bound, out, lse)), handle)

@@ -25,11 +25,13 @@ from attnplan.arguments import lse_shape
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
 from attnplan.errors import InvalidArguments
+from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
 
 from . import launcher, params, sm80_tiles
 from .dispatch import DispatchKey
-from .launch_params import backward_values, check_vector_access, common_values
+from .launch_params import (backward_layout_values, backward_pointer_values, check_vector_pointers,
+                            check_vector_strides, layout_values, pointer_values)
 
 ALIGN = 256
 
@@ -85,6 +87,8 @@ class BackwardRunner:
         self.shared, self.dq_shared = shared, dq_shared
         self.layout = WorkspaceLayout.for_problem(desc)
         self._kernels: dict = {}
+        self._checked = LayoutCache()
+        self._blocks = LayoutCache()
 
     @property
     def workspace_size(self) -> int:
@@ -102,16 +106,30 @@ class BackwardRunner:
         return self._kernels[entry]
 
     def check_arguments(self, bound) -> None:
-        check_vector_access({name: getattr(bound, name) for name in ("q", "k", "v", "out", "dout")})
+        tensors = {name: getattr(bound, name) for name in ("q", "k", "v", "out", "dout")}
+        self._checked.get(bound.signature, lambda: check_vector_strides(tensors) or True)
+        check_vector_pointers(tensors)
         if bound.workspace is not None and bound.workspace.ptr % ALIGN:
             raise InvalidArguments("workspace", f"base address is not {ALIGN}-byte aligned")
+
+    def _block(self, bound, grads: dict) -> params.ParamBlock:
+        desc = self.desc
+        check_vector_strides({name: grads[name] for name in ("dq", "dk", "dv")})
+        total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q
+        fixed = layout_values(desc, bound, bound.out, bound.lse)
+        fixed.update(backward_layout_values(desc, bound, grads))
+        fixed.update(workspace_strides(desc, total_q))
+        per_call = tuple(pointer_values(bound, bound.out, bound.lse)) + tuple(backward_pointer_values(bound, grads))
+        return params.ParamBlock("backward", fixed, per_call)
 
     def __call__(self, bound, dq, dk, dv, dsink) -> None:
         import cupy
 
         desc = self.desc
         self.check_arguments(bound)
-        check_vector_access({"dq": dq, "dk": dk, "dv": dv})
+        grads = {"dq": dq, "dk": dk, "dv": dv, "dsink_logits": dsink}
+        block = self._blocks.get(bound.signature, lambda: self._block(bound, grads))
+        check_vector_pointers({"dq": dq, "dk": dk, "dv": dv})
         handle = stream_handle(bound.stream, bound.q.origin)
         total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q
         with cupy.cuda.Device(self.device.index), _cupy_stream(cupy, handle, self.device.index):
@@ -121,22 +139,21 @@ class BackwardRunner:
             else:
                 workspace = cupy.empty(self.layout.total, dtype=cupy.uint8)   # stream-ordered pool memory
                 base = int(workspace.data.ptr)
-            values = common_values(desc, bound, bound.out, bound.lse)
-            values.update(backward_values(desc, bound, {"dq": dq, "dk": dk, "dv": dv, "dsink_logits": dsink}))
-            values.update(workspace_strides(desc, total_q))
+            values = pointer_values(bound, bound.out, bound.lse)
+            values.update(backward_pointer_values(bound, grads))
             values["delta"] = base
             values["dq_accum"] = 0 if desc.deterministic else base + self.layout.dq_accum_offset
-            block = params.pack("backward", values)
+            filled = block.fill(values)
 
             aux_grid = (math.ceil(desc.seqlen_q / sm80_tiles.AUX_ROWS), desc.heads_q, desc.batch)
-            launcher.launch(self._kernel("attn_bwd_preprocess_kernel"), aux_grid, block, handle)
+            launcher.launch(self._kernel("attn_bwd_preprocess_kernel"), aux_grid, filled, handle)
             main_grid = (math.ceil(desc.seqlen_kv / self.key.tiles.block_n), desc.heads_kv, desc.batch)
-            launcher.launch(self._kernel("attn_bwd_kernel"), main_grid, block, handle)
+            launcher.launch(self._kernel("attn_bwd_kernel"), main_grid, filled, handle)
             if desc.deterministic:
                 dq_grid = (math.ceil(desc.seqlen_q / self.key.dq_tiles.block_m), desc.heads_q, desc.batch)
-                launcher.launch(self._kernel("attn_bwd_dq_kernel"), dq_grid, block, handle)
+                launcher.launch(self._kernel("attn_bwd_dq_kernel"), dq_grid, filled, handle)
             else:
-                launcher.launch(self._kernel("attn_bwd_dq_convert_kernel"), aux_grid, block, handle)
+                launcher.launch(self._kernel("attn_bwd_dq_convert_kernel"), aux_grid, filled, handle)
             if dsink is not None:
                 self._sink_gradient(bound, dsink, base, total_q, workspace, cupy)
 

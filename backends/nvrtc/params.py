@@ -84,3 +84,25 @@ def pack(direction: str, values: dict) -> ctypes.Structure:
     if unknown:
         raise KeyError(f"unknown {direction} kernel parameters: {sorted(unknown)}")
     return struct_class(direction)(**values)
+
+
+class ParamBlock:
+    """A parameter struct whose layout fields are filled once; `fill` copies it and sets only the
+    per-call fields (addresses, seed), so a repeated launch builds no dict of every field."""
+
+    def __init__(self, direction: str, fixed: dict, per_call_names):
+        names = {name for name, _ in FIELDS[direction]}
+        unknown = set(per_call_names) - names
+        if unknown:
+            raise KeyError(f"unknown {direction} kernel parameters: {sorted(unknown)}")
+        self.per_call_names = frozenset(per_call_names)
+        self._struct = struct_class(direction)
+        self._template = bytes(pack(direction, fixed))
+
+    def fill(self, per_call: dict) -> ctypes.Structure:
+        if not self.per_call_names.issuperset(per_call):
+            raise KeyError(f"not per-call kernel parameters: {sorted(set(per_call) - self.per_call_names)}")
+        block = self._struct.from_buffer_copy(self._template)
+        for name, value in per_call.items():
+            setattr(block, name, value)
+        return block
