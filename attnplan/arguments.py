@@ -16,7 +16,7 @@ import numpy as np
 from .descriptor import AttentionDescriptor
 from .dtypes import lse_dtype, output_dtype
 from .errors import InvalidArguments
-from .interop import Tensor, as_host_index, as_tensor
+from .interop import Tensor, as_host_index, as_tensor, borrow
 
 FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
@@ -239,7 +239,7 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
 
 def _collect(kwargs: dict) -> dict:
     """The array arguments as Tensors, unchecked (their signature was verified before)."""
-    return {name: as_tensor(kwargs[name], name) for name in _ARRAY_ARGUMENTS if kwargs.get(name) is not None}
+    return {name: borrow(kwargs[name], name) for name in _ARRAY_ARGUMENTS if kwargs.get(name) is not None}
 
 
 def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:

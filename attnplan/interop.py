@@ -11,7 +11,6 @@ import functools
 import sys
 from typing import Any
 
-import attrs
 import numpy as np
 
 from .dtypes import HOST_DTYPES, dtype_name
@@ -27,16 +26,35 @@ def _cupy():
     return cupy
 
 
-@attrs.frozen(eq=False, slots=False)
 class Tensor:
     """A caller array seen as (storage array, logical dtype, where it came from).  Its facts
-    (device, shape, strides, pointer) are computed once: they are read on every call.  Not slotted,
-    so that a computed fact is a plain instance-dict read afterwards."""
+    (device, shape, strides, pointer) are computed once: they are read on every call.
 
-    data: Any                  # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
-    dtype: str                 # "f16", "bf16", ..., or "i32"/"i64" for index arrays, or "other:<x>"
-    origin: str                # "numpy", "cupy", "torch", "dlpack"
-    source: Any = None
+    A tensor `borrowed` on the binding fast path knows its facts from the caller's array alone; its
+    storage view (`data`, e.g. a raw uint16 view of a bf16 array) is made only if something reads it
+    (kernels need only the pointer)."""
+
+    def __init__(self, data: Any, dtype: str, origin: str, source: Any = None):
+        if data is not None:
+            self.__dict__["data"] = data       # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
+        self.dtype = dtype                     # "f16", "bf16", ..., "i32"/"i64" for index arrays, "other:<x>"
+        self.origin = origin                   # "numpy", "cupy", "torch", "dlpack", "internal"
+        self.source = source
+
+    @classmethod
+    def borrowed(cls, source: Any, dtype: str, origin: str, shape: tuple, strides: tuple, ptr: int,
+                 device_index: int) -> "Tensor":
+        """A CUDA tensor whose facts are given; `data` is `as_tensor(source).data` when first read."""
+        t = cls(None, dtype, origin, source)
+        t.__dict__.update(shape=shape, strides=strides, ptr=ptr, device_index=device_index, is_cuda=True)
+        return t
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.dtype}, shape={self.shape}, origin={self.origin})"
+
+    @functools.cached_property
+    def data(self):
+        return as_tensor(self.source, "array").data
 
     @functools.cached_property
     def is_cuda(self) -> bool:
@@ -116,6 +134,56 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(data, _logical_dtype(data.dtype), "dlpack", x)
     raise InvalidArguments(
         name, f"is a {type(x).__name__}; expected a NumPy, CuPy, PyTorch or DLPack array")
+
+
+@functools.lru_cache(maxsize=None)
+def _known_logical_dtype(np_dtype) -> str:
+    return _logical_dtype(np_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_logical_dtype(torch_dtype) -> str:
+    return dtype_name(torch_dtype) or _logical_dtype(str(torch_dtype).removeprefix("torch."))
+
+
+def _borrow_cupy(x):
+    memory = x.data
+    item = x.itemsize
+    return Tensor.borrowed(x, _known_logical_dtype(x.dtype), "cupy", x.shape, tuple(s // item for s in x.strides),
+                           memory.ptr, memory.device_id)
+
+
+def _borrow_torch(x):
+    if not x.is_cuda:
+        return None
+    return Tensor.borrowed(x, _torch_logical_dtype(x.dtype), "torch", tuple(x.shape), tuple(x.stride()),
+                           x.data_ptr(), x.device.index)
+
+
+_BORROWERS: dict = {}
+
+
+def _borrower(kind: type):
+    if kind not in _BORROWERS:
+        module = kind.__module__
+        if module.startswith("cupy") and kind.__name__ == "ndarray":
+            _BORROWERS[kind] = _borrow_cupy
+        elif module.startswith("torch") and hasattr(kind, "data_ptr"):
+            _BORROWERS[kind] = _borrow_torch
+        else:
+            _BORROWERS[kind] = None
+    return _BORROWERS[kind]
+
+
+def borrow(x, name: str) -> Tensor:
+    """`as_tensor` for an argument already checked once in this layout: a CuPy or PyTorch CUDA array
+    is seen through its pointer and layout, without making a storage view."""
+    kind = type(x)
+    if kind is Tensor:
+        return x
+    borrower = _borrower(kind)
+    t = borrower(x) if borrower is not None else None
+    return t if t is not None else as_tensor(x, name)
 
 
 _DLPACK_HOST_DEVICES = (1, 3)     # kDLCPU, kDLCUDAHost

@@ -22,6 +22,7 @@ except ImportError:
 import cupy
 
 from attnplan import AttentionDescriptor, Plan
+from attnplan.arguments import bind_arguments
 from attnplan.bench.runner import device_description, versions
 from attnplan.problems import random_inputs
 from attnplan.device import default_device
@@ -44,7 +45,7 @@ def host_us_per_call(fn) -> float:
     return statistics.median(batches)
 
 
-def write_profile(path: str, fn, calls: int = 3000) -> None:
+def write_profile(path: str, fn, title: str, calls: int = 3000) -> None:
     """cProfile of `calls` calls of fn, sorted by own time, for finding where host time goes."""
     import cProfile
     import io
@@ -63,8 +64,8 @@ def write_profile(path: str, fn, calls: int = 3000) -> None:
     stats = pstats.Stats(profiler, stream=text)
     stats.sort_stats("tottime").print_stats(45)
     stats.sort_stats("cumulative").print_stats(45)
-    with open(path, "w") as f:
-        f.write(text.getvalue())
+    with open(path, "a") as f:
+        f.write(f"==== {title}\n{text.getvalue()}")
 
 
 def capture_bare_call(plan, args, module, attribute):
@@ -134,10 +135,16 @@ def main() -> None:
         checked = host_us_per_call(lambda: plan.run(**run_args))
         unchecked = host_us_per_call(lambda: plan.run(check_values=False, **run_args))
         bare_us = host_us_per_call(bare)
+        bound = plan.can_implement(**run_args)
+        stages = {   # where the host time goes, outermost last
+            "bind_us": host_us_per_call(lambda: bind_arguments(desc, run_args)),
+            "can_implement_us": host_us_per_call(lambda: plan.can_implement(**run_args)),
+            "backend_call_us": host_us_per_call(lambda: plan._executable.forward(bound, bound.out, bound.lse)),
+        }
         if options.profile:
-            write_profile(f"{options.profile}/profile-{backend}.txt", lambda: plan.run(**run_args))
+            write_profile(f"{options.profile}/profile.txt", lambda: plan.run(**run_args), backend)
         row = {"backend": backend, "sku": plan.sku.kernel, "plan_run_us": checked,
-               "plan_run_unchecked_us": unchecked, "bare_launch_us": bare_us,
+               "plan_run_unchecked_us": unchecked, "bare_launch_us": bare_us, **stages,
                "overhead_us": checked - bare_us, "overhead_unchecked_us": unchecked - bare_us}
         rows.append(row)
         print(json.dumps(row))

@@ -158,3 +158,11 @@ def test_canonical_geometry_is_hashable_and_complete():
     assert hash(g) == hash(canonical_geometry(_desc(direction="backward")))
     paged = canonical_geometry(_desc(paged=PagedKV(16, 6), return_lse=True))
     assert paged.num_pages == 12 and paged.table_stride == 6 and paged.stats
+
+
+@pytest.mark.parametrize("view", [lambda a: a, lambda a: a[:, :, ::2], lambda a: a.transpose(0, 2, 1),
+                                  lambda a: a[:1, 1:2], lambda a: a[:, :0], lambda a: a[:, :, :3]])
+def test_lse_density_check_agrees_with_numpy(view):
+    from attnplan.backends.cudnn.runner import is_c_contiguous
+    a = view(np.zeros((2, 3, 4), np.float32))
+    assert is_c_contiguous(a.shape, tuple(s // 4 for s in a.strides)) == a.flags.c_contiguous

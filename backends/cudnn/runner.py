@@ -23,6 +23,18 @@ ALIGN_BYTES = 16
 INT32_MAX = 2**31 - 1
 
 
+def is_c_contiguous(shape: tuple, strides: tuple) -> bool:
+    """Row-major and dense (strides in elements; extents of 1 may have any stride)."""
+    if 0 in shape:
+        return True
+    expected = 1
+    for extent, stride in zip(reversed(shape), reversed(strides)):
+        if extent != 1 and stride != expected:
+            return False
+        expected *= extent
+    return True
+
+
 class _StreamRef:
     """A raw cudaStream_t seen through the CUDA stream protocol."""
 
@@ -184,14 +196,16 @@ class CudnnRunner:
         with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
             ptrs = {role: t.ptr for role, t in tensors.items()}
             ptrs.update(self._index_pointers(cupy, bound, built, keep))
-            stats = None
+            stats = None                    # a separate stats buffer, where the LSE cannot take cuDNN's layout
             if lse is not None:
-                dense_ok = desc.layout != "thd" and lse.data.flags.c_contiguous
-                stats = lse.data if dense_ok else cupy.empty((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
-                ptrs["stats"] = stats.data.ptr
+                if desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides):
+                    ptrs["stats"] = lse.ptr
+                else:
+                    stats = cupy.empty((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
+                    ptrs["stats"] = stats.data.ptr
             workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
             built.execute(ptrs, workspace, library.handle(device_index, stream))
-            if lse is not None and stats is not lse.data:
+            if stats is not None:
                 if desc.layout == "thd":
                     total = bound.q.shape[0]
                     if total:
