@@ -16,7 +16,7 @@ import numpy as np
 from .descriptor import AttentionDescriptor
 from .dtypes import lse_dtype, output_dtype
 from .errors import InvalidArguments
-from .interop import Tensor, as_host_index, as_tensor, borrow
+from .interop import Tensor, array_reader, as_host_index, as_tensor
 
 FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
@@ -157,72 +157,46 @@ def _rules(desc: AttentionDescriptor) -> _Rules:
     return _Rules(allowed, frozenset(allowed), _required(desc, desc.direction), expected_shapes(desc), dtypes)
 
 
-_ARRAY_ARGUMENTS = ("q", "k", "v", "out", "dout", "lse", "sink_logits", "alibi_slopes", "cu_seqlens_q",
-                    "cu_seqlens_kv", "block_table", "seqlens_kv", "workspace")
 # (descriptor, argument signature) pairs whose structural checks have passed: a call with the same
 # signature (types, shapes, strides, dtypes, devices, writability) skips them.  Bounded.
 _VERIFIED: dict = {}
 _VERIFIED_LIMIT = 4096
 
 
-def _numpy_facts(x) -> tuple:
-    return x.dtype, x.shape, x.strides, -1, x.flags.writeable
-
-
-def _cupy_facts(x) -> tuple:
-    return x.dtype, x.shape, x.strides, x.data.device_id
-
-
-def _torch_facts(x) -> tuple:
-    return x.dtype, tuple(x.shape), x.stride(), x.device, x.is_conj() or x.is_neg()
-
-
-# Array type -> the facts the structural checks read; types are looked up once (None: not cacheable).
-_FACTS: dict = {np.ndarray: _numpy_facts}
-
-
-def _facts_of(kind: type):
-    if kind not in _FACTS:
-        module = kind.__module__
-        if module.startswith("cupy") and kind.__name__ == "ndarray":
-            _FACTS[kind] = _cupy_facts
-        elif module.startswith("torch") and hasattr(kind, "stride") and hasattr(kind, "is_conj"):
-            _FACTS[kind] = _torch_facts
-        else:
-            _FACTS[kind] = None
-    return _FACTS[kind]
-
-
-def _signature(kwargs: dict):
-    """Everything the structural checks depend on, or None where it cannot be read cheaply (then
-    the full checks run).  Also keys what backends derive from the arguments' layout."""
-    parts = []
+def _read(kwargs: dict):
+    """One pass over the arguments: (signature, tensors).  The signature holds everything the
+    structural checks depend on (and keys what backends derive from the arguments' layout); it is
+    None where some argument cannot be read cheaply (then the full checks run).  `tensors` maps each
+    array argument to its borrowed Tensor, or None where as_tensor must make it."""
+    parts, tensors = [], {}
     for name, x in kwargs.items():
         if x is None or name == "dropout_seed" or name == "stream":
             parts.append((name, x is None))
             continue
         kind = type(x)
         if kind is Tensor:
-            facts = _facts_of(type(x.data))
-            if facts is None:
-                return None
-            parts.append((name, x.dtype, facts(x.data)))
+            reader = array_reader(type(x.data))
+            if reader is None:
+                return None, None
+            parts.append((name, x.dtype, reader(x.data)[0]))
+            tensors[name] = x
             continue
-        facts = _facts_of(kind)
-        if facts is None:
-            return None
-        parts.append((name, kind, facts(x)))
-    return tuple(parts)
+        reader = array_reader(kind)
+        if reader is None:
+            return None, None
+        facts, tensors[name] = reader(x)
+        parts.append((name, kind, facts))
+    return tuple(parts), tensors
 
 
 def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: bool = True) -> BoundArguments:
     """Check `kwargs` against `desc` and return them bound; raise InvalidArguments otherwise.
     Structural checks run once per (descriptor, argument signature); value checks of index
     arrays run whenever `check_values` is set."""
-    signature = _signature(kwargs)
+    signature, tensors = _read(kwargs)
     key = (desc, signature) if signature is not None else None
     if key is not None and key in _VERIFIED:
-        bound = _collect(kwargs)
+        bound = {name: t if t is not None else as_tensor(kwargs[name], name) for name, t in tensors.items()}
     else:
         bound = _collect_checked(desc, kwargs)
         if key is not None:
@@ -232,14 +206,9 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
     bound["dropout_seed"] = _check_seed(desc, kwargs.get("dropout_seed"))
     bound["stream"] = kwargs.get("stream")
     bound["signature"] = signature
-    if check_values:
+    if check_values and (desc.varlen or desc.paged is not None):
         check_index_values(desc, bound)
     return BoundArguments(**bound)
-
-
-def _collect(kwargs: dict) -> dict:
-    """The array arguments as Tensors, unchecked (their signature was verified before)."""
-    return {name: borrow(kwargs[name], name) for name in _ARRAY_ARGUMENTS if kwargs.get(name) is not None}
 
 
 def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:

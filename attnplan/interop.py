@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -42,11 +42,15 @@ class Tensor:
         self.source = source
 
     @classmethod
-    def borrowed(cls, source: Any, dtype: str, origin: str, shape: tuple, strides: tuple, ptr: int,
-                 device_index: int) -> "Tensor":
-        """A CUDA tensor whose facts are given; `data` is `as_tensor(source).data` when first read."""
-        t = cls(None, dtype, origin, source)
-        t.__dict__.update(shape=shape, strides=strides, ptr=ptr, device_index=device_index, is_cuda=True)
+    def borrowed(cls, source: Any, dtype: str, origin: str, shape: tuple, raw_strides: tuple, stride_unit: int,
+                 ptr: int, device_index: int) -> "Tensor":
+        """A CUDA tensor whose facts are given (strides as `raw_strides // stride_unit`, worked out
+        if read); `data` is `as_tensor(source).data` when first read.  (Made without __init__: this
+        runs for every argument of every call.)"""
+        t = object.__new__(cls)
+        t.__dict__ = {"dtype": dtype, "origin": origin, "source": source, "shape": shape,
+                      "_raw_strides": (raw_strides, stride_unit), "ptr": ptr, "device_index": device_index,
+                      "is_cuda": True}
         return t
 
     def __repr__(self) -> str:
@@ -71,6 +75,9 @@ class Tensor:
     @functools.cached_property
     def strides(self) -> tuple:
         """Strides in elements."""
+        raw = self.__dict__.get("_raw_strides")
+        if raw is not None:
+            return tuple(s // raw[1] for s in raw[0])
         item = self.data.dtype.itemsize
         return tuple(s // item for s in self.data.strides)
 
@@ -146,44 +153,49 @@ def _torch_logical_dtype(torch_dtype) -> str:
     return dtype_name(torch_dtype) or _logical_dtype(str(torch_dtype).removeprefix("torch."))
 
 
-def _borrow_cupy(x):
+# -- the binding fast path: an array's layout facts read in one pass, and a tensor borrowed from them --
+
+
+def _read_numpy(x) -> tuple:
+    return (x.dtype, x.shape, x.strides, x.flags.writeable), None
+
+
+def _read_cupy(x) -> tuple:
     memory = x.data
-    item = x.itemsize
-    return Tensor.borrowed(x, _known_logical_dtype(x.dtype), "cupy", x.shape, tuple(s // item for s in x.strides),
-                           memory.ptr, memory.device_id)
+    dtype, shape, strides, device = x.dtype, x.shape, x.strides, memory.device_id
+    return (dtype, shape, strides, device), Tensor.borrowed(x, _known_logical_dtype(dtype), "cupy", shape, strides,
+                                                            dtype.itemsize, memory.ptr, device)
 
 
-def _borrow_torch(x):
-    if not x.is_cuda:
-        return None
-    return Tensor.borrowed(x, _torch_logical_dtype(x.dtype), "torch", tuple(x.shape), tuple(x.stride()),
-                           x.data_ptr(), x.device.index)
+def _read_torch(x) -> tuple:
+    dtype, shape, strides, device = x.dtype, tuple(x.shape), x.stride(), x.device
+    facts = (dtype, shape, strides, device, x.is_conj() or x.is_neg())
+    if device.type != "cuda":
+        return facts, None
+    return facts, Tensor.borrowed(x, _torch_logical_dtype(dtype), "torch", shape, strides, 1, x.data_ptr(),
+                                  device.index)
 
 
-_BORROWERS: dict = {}
+# Array type -> read(x): (facts, tensor or None).  The facts fix everything the structural checks look
+# at; the tensor, where given, is x borrowed by pointer and layout (else as_tensor makes it).
+_READERS: dict = {np.ndarray: _read_numpy}
+_UNSEEN = object()
 
 
-def _borrower(kind: type):
-    if kind not in _BORROWERS:
-        module = kind.__module__
-        if module.startswith("cupy") and kind.__name__ == "ndarray":
-            _BORROWERS[kind] = _borrow_cupy
-        elif module.startswith("torch") and hasattr(kind, "data_ptr"):
-            _BORROWERS[kind] = _borrow_torch
-        else:
-            _BORROWERS[kind] = None
-    return _BORROWERS[kind]
-
-
-def borrow(x, name: str) -> Tensor:
-    """`as_tensor` for an argument already checked once in this layout: a CuPy or PyTorch CUDA array
-    is seen through its pointer and layout, without making a storage view."""
-    kind = type(x)
-    if kind is Tensor:
-        return x
-    borrower = _borrower(kind)
-    t = borrower(x) if borrower is not None else None
-    return t if t is not None else as_tensor(x, name)
+def array_reader(kind: type) -> Optional[Callable]:
+    """How the binding fast path reads arrays of type `kind`, or None (then every call is fully checked)."""
+    reader = _READERS.get(kind, _UNSEEN)
+    if reader is not _UNSEEN:
+        return reader
+    module = kind.__module__
+    if module.startswith("cupy") and kind.__name__ == "ndarray":
+        reader = _read_cupy
+    elif module.startswith("torch") and hasattr(kind, "data_ptr") and hasattr(kind, "is_conj"):
+        reader = _read_torch
+    else:
+        reader = None
+    _READERS[kind] = reader
+    return reader
 
 
 _DLPACK_HOST_DEVICES = (1, 3)     # kDLCPU, kDLCUDAHost

@@ -3,7 +3,7 @@ one loop over the registry; every rejected backend says why."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -15,7 +15,7 @@ from .descriptor import AttentionDescriptor
 from .device import Device, as_device
 from .dtypes import lse_dtype, output_dtype
 from .errors import InvalidArguments, NoPlanError, SkuMismatch
-from .interop import Tensor, empty, to_caller, wrap_storage
+from .interop import empty, to_caller, wrap_storage
 from .sku import KernelSku
 
 
@@ -134,9 +134,6 @@ class Plan:
                                                 f"the plan needs {self.workspace_size}")
         return bound
 
-    def _output(self, given: Optional[Tensor], shape: tuple, dtype: str, like: Tensor) -> Tensor:
-        return given if given is not None else wrap_storage(empty(shape, dtype, like), dtype)
-
     def run(self, check_values: bool = True, **args):
         """Forward: returns AttentionResult(out, lse).  Backward: (dq, dk, dv[, dsink_logits]).
         Outputs come back in the caller's array type."""
@@ -144,8 +141,10 @@ class Plan:
         if self.desc.direction == "backward":
             return self._run_backward(bound)
         desc, q = self.desc, bound.q
-        out_shape = q.shape[:-1] + (desc.head_dim_v,)
-        out = self._output(bound.out, out_shape, output_dtype(desc.dtype), q)
+        out = bound.out
+        if out is None:
+            out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), output_dtype(desc.dtype), q),
+                               output_dtype(desc.dtype))
         lse = bound.lse
         if lse is None and desc.return_lse:
             lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))

@@ -61,17 +61,17 @@ def main() -> None:
     plan = Plan.select(desc, device, prefer="cudnn", restrict=True)
     first = plan.run(**args)
     captured = {}
-    original = graphs.BuiltGraph.execute
+    original = graphs.BuiltGraph.run
 
-    def spy(self, pointers, workspace, handle):
+    def spy(self, pack, workspace, handle):
         captured.update(built=self, handle=handle)
-        return original(self, pointers, workspace, handle)
+        return original(self, pack, workspace, handle)
 
-    graphs.BuiltGraph.execute = spy
+    graphs.BuiltGraph.run = spy
     try:
         plan.run(**args)
     finally:
-        graphs.BuiltGraph.execute = original
+        graphs.BuiltGraph.run = original
     built, handle = captured["built"], captured["handle"]
     workspace = cupy.empty(built.workspace_size, cupy.uint8) if built.workspace_size else None
     out = cupy.empty_like(first.out)
@@ -92,8 +92,8 @@ def main() -> None:
             bool(cupy.array_equal(lse, first.lse))
         rows.append({"path": name, "same_bits_as_plan_run": same, "host_us": host_us_per_call(call)})
         print(rows[-1])
-    bare = capture_bare_call(plan, dict(args, out=first.out, lse=first.lse), graphs.BuiltGraph, "execute")
-    rows.append({"path": "BuiltGraph.execute (as plan.run calls it)", "host_us": host_us_per_call(bare)})
+    bare = capture_bare_call(plan, dict(args, out=first.out, lse=first.lse), graphs.BuiltGraph, "run")
+    rows.append({"path": "BuiltGraph.run (as plan.run calls it)", "host_us": host_us_per_call(bare)})
     print(rows[-1])
     if options.output:
         with open(options.output, "w") as f:

@@ -31,18 +31,31 @@ BATCH = 100
 ROUNDS = 15
 
 
-def host_us_per_call(fn) -> float:
-    for _ in range(20):
+def _batch_us(fn) -> float:
+    start = time.perf_counter()
+    for _ in range(BATCH):
         fn()
+    elapsed = (time.perf_counter() - start) / BATCH * 1e6
     cupy.cuda.get_current_stream().synchronize()
-    batches = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(BATCH):
+    return elapsed
+
+
+def host_us_per_call(fn) -> float:
+    return host_us_interleaved({"fn": fn})["fn"]
+
+
+def host_us_interleaved(fns: dict) -> dict:
+    """Median host microseconds per call of each function, batches taken in alternating turns so
+    that clock changes of the host hit every function alike."""
+    for fn in fns.values():
+        for _ in range(20):
             fn()
-        batches.append((time.perf_counter() - start) / BATCH * 1e6)
-        cupy.cuda.get_current_stream().synchronize()
-    return statistics.median(batches)
+    cupy.cuda.get_current_stream().synchronize()
+    batches: dict = {name: [] for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            batches[name].append(_batch_us(fn))
+    return {name: statistics.median(values) for name, values in batches.items()}
 
 
 def write_profile(path: str, fn, title: str, calls: int = 3000) -> None:
@@ -128,24 +141,25 @@ def main() -> None:
         run_args = dict(args, out=out.out, lse=out.lse)
         if backend == "cudnn":
             from attnplan.backends.cudnn import graphs
-            bare = capture_bare_call(plan, run_args, graphs.BuiltGraph, "execute")
+            bare = capture_bare_call(plan, run_args, graphs.BuiltGraph, "run")
         else:
             from attnplan.backends.nvrtc import launcher
             bare = capture_bare_call(plan, run_args, launcher, "launch")
-        checked = host_us_per_call(lambda: plan.run(**run_args))
-        unchecked = host_us_per_call(lambda: plan.run(check_values=False, **run_args))
-        bare_us = host_us_per_call(bare)
         bound = plan.can_implement(**run_args)
-        stages = {   # where the host time goes, outermost last
-            "bind_us": host_us_per_call(lambda: bind_arguments(desc, run_args)),
-            "can_implement_us": host_us_per_call(lambda: plan.can_implement(**run_args)),
-            "backend_call_us": host_us_per_call(lambda: plan._executable.forward(bound, bound.out, bound.lse)),
-        }
+        us = host_us_interleaved({
+            "plan_run_us": lambda: plan.run(**run_args),
+            "plan_run_unchecked_us": lambda: plan.run(check_values=False, **run_args),
+            "bare_launch_us": bare,
+            # where the host time goes, innermost first
+            "bind_us": lambda: bind_arguments(desc, run_args),
+            "can_implement_us": lambda: plan.can_implement(**run_args),
+            "backend_call_us": lambda: plan._executable.forward(bound, bound.out, bound.lse),
+        })
         if options.profile:
             write_profile(f"{options.profile}/profile.txt", lambda: plan.run(**run_args), backend)
-        row = {"backend": backend, "sku": plan.sku.kernel, "plan_run_us": checked,
-               "plan_run_unchecked_us": unchecked, "bare_launch_us": bare_us, **stages,
-               "overhead_us": checked - bare_us, "overhead_unchecked_us": unchecked - bare_us}
+        row = {"backend": backend, "sku": plan.sku.kernel, **us,
+               "overhead_us": us["plan_run_us"] - us["bare_launch_us"],
+               "overhead_unchecked_us": us["plan_run_unchecked_us"] - us["bare_launch_us"]}
         rows.append(row)
         print(json.dumps(row))
     torch_row = torch_sdpa_host_time(desc)

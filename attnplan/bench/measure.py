@@ -72,5 +72,21 @@ def time_launches(prepared: Prepared, sets: int, repeats: int, warmup: int, on_g
     return [cupy.cuda.get_elapsed_time(start, stop) for start, stop in events]
 
 
+def time_interleaved(prepared: list, sets: int, repeats: int, warmup: int, on_gpu: bool,
+                     rounds: int = 5) -> list[list[float]]:
+    """time_launches for several contenders of one problem, `repeats` each, taken in `rounds`
+    alternating turns: a GPU that heats up and lowers its clocks during the problem slows every
+    contender alike instead of whichever ran last."""
+    for p in prepared:
+        time_launches(p, sets, 0, warmup, on_gpu)
+    times: list[list[float]] = [[] for _ in prepared]
+    rounds = max(1, min(rounds, repeats))
+    for r in range(rounds):
+        count = repeats // rounds + (1 if r < repeats % rounds else 0)
+        for p, into in zip(prepared, times):
+            into.extend(time_launches(p, sets, count, 0, on_gpu))
+    return times
+
+
 def median(times: list[float]) -> float:
     return float(statistics.median(times))

@@ -21,7 +21,7 @@ from attnplan.problems import random_inputs
 from . import peers
 from .ceilings import measure_ceilings
 from .contenders import prepare_plan
-from .measure import is_correct, median, relative_error, time_launches
+from .measure import is_correct, median, relative_error, time_interleaved
 from .problems import BenchProblem
 
 MAX_INPUT_SETS = 4
@@ -113,7 +113,8 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
                "versions": versions(), "ceilings": measure_ceilings() if on_gpu else {},
                "settings": {"repeats": repeats, "warmup": warmup, "max_input_sets": MAX_INPUT_SETS,
                             "checked_slice": "batch 0 and the first two kv-head groups of bshd problems",
-                            "timing": "CUDA events per call, median; inputs rotated over sets so L2 does not flatter",
+                            "timing": "CUDA events per call, median; inputs rotated over sets so L2 does not flatter; "
+                                      "contenders interleaved in rounds, so that all see the same clocks",
                             "correctness": "max|err|/max|ref| against the float32 reference within "
                                            "bf16 2^-5, f16 2^-8 before the time counts"},
                "rows": rows, "skipped": skipped}
@@ -148,35 +149,38 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
                 skipped.append({"problem": problem.as_dict(), "backend": name, "reason": reason})
                 continue
             contenders.append((name, lambda n=name: peers.prepare(n, desc, sets, fixed)))
-        for name, prepare in contenders:
-            row = _measure(problem, desc, name, prepare, want, select, len(sets), repeats, warmup, on_gpu)
+        checked = [_prepare_checked(problem, desc, name, prepare, want, select) for name, prepare in contenders]
+        timed = [(row, prepared) for row, prepared in checked if prepared is not None]
+        all_times = time_interleaved([prepared for _, prepared in timed], len(sets), repeats, warmup, on_gpu)
+        for (row, _), times in zip(timed, all_times):
+            row["ms"] = median(times)
+            row["tflops"] = desc.flops() / (row["ms"] * 1e-3) / 1e12
+            row["times_ms"] = [round(t, 5) for t in times]
+        for row, _ in checked:
             rows.append(row)
             if on_row:
                 on_row(row)
+        del checked, timed
         if on_problem:
             on_problem(problem, results)
     return results
 
 
-def _measure(problem, desc, name, prepare, want, select, sets, repeats, warmup, on_gpu) -> dict:
+def _prepare_checked(problem, desc, name, prepare, want, select):
+    """(row, prepared): the contender prepared and checked against the reference; prepared is None
+    when it failed or answered wrong (the row says which), so that it is not timed."""
     row = {"problem": {**problem.as_dict(), "flops": desc.flops()}, "backend": name, "sku": None, "ms": None,
            "tflops": None, "correct": False}
     try:
         prepared = prepare()
     except Exception as exc:  # a peer or plan that fails to run is reported, not timed
         row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-        return row
+        return row, None
     row["sku"], row["first_call_ms"] = prepared.sku, round(prepared.first_call_ms, 3)
     error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
     row["max_relative_error"] = error
     row["correct"] = is_correct(error, desc.dtype)
-    if not row["correct"]:
-        return row                        # a wrong answer is reported as wrong, not timed
-    times = time_launches(prepared, sets, repeats, warmup, on_gpu)
-    row["ms"] = median(times)
-    row["tflops"] = desc.flops() / (row["ms"] * 1e-3) / 1e12
-    row["times_ms"] = [round(t, 5) for t in times]
-    return row
+    return row, prepared if row["correct"] else None
 
 
 def device_description(device: Device) -> dict:

@@ -85,7 +85,11 @@ class BuiltGraph:
     direct: Optional[DirectExecute] = None
 
     def execute(self, pointers: dict, workspace: int, handle) -> None:
-        pack = {self.uids[role]: int(ptr) for role, ptr in pointers.items() if role in self.uids}
+        """Run on `pointers` (role -> address)."""
+        self.run({self.uids[role]: int(ptr) for role, ptr in pointers.items() if role in self.uids}, workspace, handle)
+
+    def run(self, pack: dict, workspace: int, handle) -> None:
+        """Run on `pack` (uid -> address)."""
         if self.direct is not None and self.direct(pack, int(workspace) if workspace else 0, handle):
             return
         self.graph.execute(pack, int(workspace) if workspace else None, handle=handle)

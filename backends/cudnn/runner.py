@@ -8,6 +8,7 @@ import contextlib
 import threading
 from typing import Optional
 
+import attrs
 import numpy as np
 
 from attnplan.descriptor import AttentionDescriptor
@@ -53,6 +54,22 @@ def on_stream(cupy, ptr: int, device_index: int):
     if from_external is not None:
         return from_external(_StreamRef(ptr))
     return cupy.cuda.ExternalStream(ptr, device_index)
+
+
+def on_device(cupy, device_index: int):
+    """A context making `device_index` current, or nothing where it already is."""
+    if cupy.cuda.runtime.getDevice() == device_index:
+        return contextlib.nullcontext()
+    return cupy.cuda.Device(device_index)
+
+
+@attrs.frozen(eq=False)
+class _Prepared:
+    """A graph and how to feed it, for one argument signature.  `plain`: every address comes straight
+    from the arguments (no lengths, offsets, page tables, seeds, or LSE relayout to make)."""
+    built: BuiltGraph
+    plain: bool
+    roles: tuple                  # (uid, role) of the argument addresses, for the plain path
 
 
 class _Workspaces:
@@ -181,19 +198,39 @@ class CudnnRunner:
 
     # -- forward ---------------------------------------------------------------------------
 
+    def _prepare(self, device_index: int, tensors: dict, bound, stats: bool, lse) -> _Prepared:
+        built = self._graph(device_index, self._geometry(tensors, bound, stats), "q")
+        desc = self.desc
+        lse_direct = lse is None or (desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides))
+        plain = (lse_direct and not (desc.varlen or desc.paged is not None or desc.dropout_p > 0 or desc.sink_logits)
+                 and "seq_q" not in built.uids and not built.offsets)
+        roles = tuple((built.uids[role], role) for role in tensors if role in built.uids)
+        if stats:
+            roles += ((built.uids["stats"], "stats"),)
+        return _Prepared(built, plain, roles)
+
     def forward(self, bound, out, lse) -> None:
+        """(Arguments checked by Plan.can_implement through check_arguments.)"""
         import cupy
 
         desc = self.desc
         device_index = bound.q.device_index
-        self.check_arguments(bound)
         self.check_alignment((("out", out), ("lse", lse)))
         tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": out}
-        built = self._graphs.get(bound.signature, lambda: self._graph(
-            device_index, self._geometry(tensors, bound, lse is not None), "q"))
+        prepared = self._graphs.get(bound.signature, lambda: self._prepare(device_index, tensors, bound,
+                                                                           lse is not None, lse))
+        built = prepared.built
         stream = stream_handle(bound.stream, bound.q.origin)
+        if prepared.plain:
+            addresses = {"q": bound.q.ptr, "k": bound.k.ptr, "v": bound.v.ptr, "o": out.ptr,
+                         "stats": lse.ptr if lse is not None else 0}
+            pack = {uid: addresses[role] for uid, role in prepared.roles}
+            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            with on_device(cupy, device_index):
+                built.run(pack, workspace, library.handle(device_index, stream))
+            return
         keep: list = []
-        with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
+        with on_device(cupy, device_index), on_stream(cupy, stream, device_index):
             ptrs = {role: t.ptr for role, t in tensors.items()}
             ptrs.update(self._index_pointers(cupy, bound, built, keep))
             stats = None                    # a separate stats buffer, where the LSE cannot take cuDNN's layout
@@ -222,14 +259,13 @@ class CudnnRunner:
 
         desc = self.desc
         device_index = bound.q.device_index
-        self.check_arguments(bound)
-        self.check_alignment((("dq", dq), ("dk", dk), ("dv", dv)))
+        self.check_alignment((("dq", dq), ("dk", dk), ("dv", dv)))     # the rest: by Plan.can_implement
         tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": bound.out, "do": bound.dout,
                    "dq": dq, "dk": dk, "dv": dv}
         built = self._graphs.get(bound.signature, lambda: self._graph(device_index, self._geometry(tensors, bound, False), "q"))
         stream = stream_handle(bound.stream, bound.q.origin)
         keep: list = []
-        with cupy.cuda.Device(device_index), on_stream(cupy, stream, device_index):
+        with on_device(cupy, device_index), on_stream(cupy, stream, device_index):
             ptrs = {role: t.ptr for role, t in tensors.items()}
             ptrs.update(self._index_pointers(cupy, bound, built, keep))
             lse = bound.lse.data
