@@ -14,13 +14,17 @@ import attrs
 import numpy as np
 
 from .descriptor import AttentionDescriptor
-from .dtypes import lse_dtype, output_dtype
+from .dtypes import FP8_DTYPES, lse_dtype
 from .errors import InvalidArguments
 from .interop import Tensor, array_reader, as_host_index, as_tensor
 
 FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
                      "stream")
+# fp8 per-tensor scales (float32 arrays of shape [1]; optional, 1 when not given): the values of q, k, v
+# are their stored values times descale_*; an fp8 `out` stores O * scale_o; amax_o receives max|O|.
+FP8_SCALE_ARGUMENTS = ("descale_q", "descale_k", "descale_v", "scale_o", "amax_o")
+FORWARD_ARGUMENTS += FP8_SCALE_ARGUMENTS
 BACKWARD_ARGUMENTS = FORWARD_ARGUMENTS + ("dout",)
 _INDEX_ARGUMENTS = ("cu_seqlens_q", "cu_seqlens_kv", "block_table", "seqlens_kv")
 
@@ -42,6 +46,11 @@ class BoundArguments:
     cu_seqlens_kv: Optional[Tensor] = None
     block_table: Optional[Tensor] = None
     seqlens_kv: Optional[Tensor] = None
+    descale_q: Optional[Tensor] = None
+    descale_k: Optional[Tensor] = None
+    descale_v: Optional[Tensor] = None
+    scale_o: Optional[Tensor] = None
+    amax_o: Optional[Tensor] = None
     dropout_seed: int = 0
     workspace: Optional[Tensor] = None
     stream: Any = None
@@ -81,6 +90,7 @@ def expected_shapes(desc: AttentionDescriptor) -> dict[str, tuple]:
         "cu_seqlens_q": (desc.batch + 1,),
         "cu_seqlens_kv": (desc.batch + 1,),
         "seqlens_kv": (desc.batch,),
+        **{name: (1,) for name in FP8_SCALE_ARGUMENTS},
     }
     if desc.paged is not None:
         shapes["block_table"] = (desc.batch, desc.paged.max_pages_per_seq)
@@ -149,11 +159,11 @@ class _Rules:
 @functools.lru_cache(maxsize=256)
 def _rules(desc: AttentionDescriptor) -> _Rules:
     allowed = BACKWARD_ARGUMENTS if desc.direction == "backward" else FORWARD_ARGUMENTS
-    out_dt, lse_dt = output_dtype(desc.dtype), lse_dtype(desc.dtype)
+    out_dt, lse_dt = desc.out_dtype, lse_dtype(desc.dtype)
     dtypes = {"q": (desc.dtype,), "k": (desc.dtype,), "v": (desc.dtype,), "out": (out_dt,),
               "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",),
               "cu_seqlens_q": ("i32",), "cu_seqlens_kv": ("i32",), "block_table": ("i32",),
-              "seqlens_kv": ("i32",)}
+              "seqlens_kv": ("i32",), **{name: ("f32",) for name in FP8_SCALE_ARGUMENTS}}
     return _Rules(allowed, frozenset(allowed), _required(desc, desc.direction), expected_shapes(desc), dtypes)
 
 
@@ -225,17 +235,24 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
             raise InvalidArguments(name, f"is required for this descriptor ({_why_required(name, desc)})")
         if given and not needed and name not in ("out", "lse"):
             raise InvalidArguments(name, f"is given but the descriptor does not use it ({_why_required(name, desc)})")
+    fp8_out = desc.out_dtype in FP8_DTYPES
+    for name in FP8_SCALE_ARGUMENTS:
+        usable = fp8_out if name in ("scale_o", "amax_o") else desc.is_fp8
+        if kwargs.get(name) is not None and not usable:
+            why = f"out_dtype={desc.out_dtype!r} is not fp8" if name in ("scale_o", "amax_o") else \
+                f"dtype={desc.dtype!r} is not fp8"
+            raise InvalidArguments(name, f"is given but the descriptor does not use it ({why})")
 
     q = as_tensor(kwargs["q"], "q")
     on_cuda, index = q.is_cuda, q.device_index
     shapes, dtypes = rules.shapes, rules.dtypes
     bound: dict[str, Any] = {}
-    for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS:
+    for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS + FP8_SCALE_ARGUMENTS:
         if kwargs.get(name) is None:
             continue
         t = q if name == "q" else as_tensor(kwargs[name], name)
         _check(name, t, shapes[name], dtypes[name], on_cuda, index)
-        if name in ("out", "lse") and desc.direction == "forward" and not _writeable(t):
+        if name in ("out", "lse", "amax_o") and desc.direction == "forward" and not _writeable(t):
             raise InvalidArguments(name, "is read-only; the plan writes its result there")
         bound[name] = t
     _check_matching_totals(desc, bound)

@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 import numpy as np
 
-from .dtypes import DTYPE_NAMES, FP8_DTYPES
+from .dtypes import DTYPE_NAMES, FP8_DTYPES, output_dtype
 from .errors import InvalidDescriptor
 
 MAX_HEAD_DIM = 256
@@ -104,6 +104,8 @@ class AttentionDescriptor:
     head_dim: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
     head_dim_v: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
     dtype: str = attrs.field(default="bf16", validator=_one_of(DTYPE_NAMES))
+    # The dtype of `out`: the input dtype, or bf16 (the default) / the input's own fp8 type for fp8 inputs.
+    out_dtype: str = attrs.field(validator=_one_of(DTYPE_NAMES))
     layout: str = attrs.field(default="bshd", validator=_one_of(LAYOUTS))
     scale: float = attrs.field(validator=_finite_float(what="a finite number"))
     causal: bool = attrs.field(default=False, validator=_boolean)
@@ -119,6 +121,10 @@ class AttentionDescriptor:
     return_lse: bool = attrs.field(default=False, validator=_boolean)
     deterministic: bool = attrs.field(default=False, validator=_boolean)
     direction: str = attrs.field(default="forward", validator=_one_of(DIRECTIONS))
+
+    @out_dtype.default
+    def _out_dtype_default(self):
+        return output_dtype(self.dtype) if self.dtype in DTYPE_NAMES else self.dtype
 
     @head_dim_v.default
     def _head_dim_v_default(self):
@@ -141,6 +147,10 @@ class AttentionDescriptor:
         if self.varlen != (self.layout == "thd"):
             raise InvalidDescriptor("varlen", self.varlen,
                                     f"{self.layout == 'thd'} for layout={self.layout!r} (varlen means layout 'thd')")
+        allowed_out = (output_dtype(self.dtype),) + ((self.dtype,) if self.dtype in FP8_DTYPES else ())
+        if self.out_dtype not in allowed_out:
+            raise InvalidDescriptor("out_dtype", self.out_dtype,
+                                    f"one of {allowed_out} for dtype={self.dtype!r}")
         left, right = self.window
         if self.causal and right > 0:
             raise InvalidDescriptor("window", self.window,
@@ -177,9 +187,10 @@ class AttentionDescriptor:
         return self.dtype in FP8_DTYPES
 
     def replace(self, **changes) -> "AttentionDescriptor":
-        """A copy with `changes`; fields left at their derived defaults (head_dim_v, scale, varlen)
+        """A copy with `changes`; fields left at their derived defaults (head_dim_v, out_dtype, scale, varlen)
         are derived again from the new values unless given."""
         derived = {"head_dim_v": self.head_dim_v == self.head_dim,
+                   "out_dtype": self.out_dtype == output_dtype(self.dtype),
                    "scale": self.scale == 1.0 / math.sqrt(self.head_dim),
                    "varlen": self.varlen == (self.layout == "thd")}
         fields = {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}

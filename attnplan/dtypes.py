@@ -16,6 +16,8 @@ HOST_DTYPES: dict[str, np.dtype] = {
 }
 DTYPE_NAMES = tuple(HOST_DTYPES)
 FP8_DTYPES = ("e4m3", "e5m2")
+# The largest finite value of each fp8 format: fp8 outputs saturate to it.
+FP8_LIMITS = {name: float(ml_dtypes.finfo(HOST_DTYPES[name]).max) for name in FP8_DTYPES}
 ITEMSIZE = {name: dt.itemsize for name, dt in HOST_DTYPES.items()}
 
 # Names that other libraries use for the same types (NumPy, PyTorch, JAX, DLPack strings).

@@ -13,7 +13,7 @@ from .backend import Backend, Executable
 from .capabilities import capability_reasons
 from .descriptor import AttentionDescriptor
 from .device import Device, as_device
-from .dtypes import lse_dtype, output_dtype
+from .dtypes import lse_dtype
 from .errors import InvalidArguments, NoPlanError, SkuMismatch
 from .interop import empty, to_caller, wrap_storage
 from .sku import KernelSku
@@ -143,8 +143,7 @@ class Plan:
         desc, q = self.desc, bound.q
         out = bound.out
         if out is None:
-            out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), output_dtype(desc.dtype), q),
-                               output_dtype(desc.dtype))
+            out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), desc.out_dtype, q), desc.out_dtype)
         lse = bound.lse
         if lse is None and desc.return_lse:
             lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))

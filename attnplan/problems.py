@@ -60,7 +60,7 @@ def random_inputs(desc: AttentionDescriptor, device: Device, seed: int = 0, vary
         args["dropout_seed"] = int(rng.integers(0, 2**63))
     if desc.direction == "backward":
         out_shape = q_shape + (desc.head_dim_v,)
-        args["dout"] = rng.standard_normal(out_shape, dtype=np.float32).astype(HOST_DTYPES[output_dtype(desc.dtype)])
+        args["dout"] = rng.standard_normal(out_shape, dtype=np.float32).astype(HOST_DTYPES[desc.out_dtype])
     if device.kind == "cuda":
         import cupy
         with cupy.cuda.Device(device.index):

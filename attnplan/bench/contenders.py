@@ -41,7 +41,7 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: 
     per set for backward (computed once by the reference)."""
     from attnplan.arguments import lse_shape
     from attnplan.interop import empty, wrap_storage, as_tensor
-    from attnplan.dtypes import lse_dtype, output_dtype
+    from attnplan.dtypes import lse_dtype
 
     results: dict[int, object] = {}
     plan_holder: dict = {}
@@ -52,7 +52,7 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: 
         q = as_tensor(input_sets[0]["q"], "q")
         if desc.direction == "forward":
             shape = q.shape[:-1] + (desc.head_dim_v,)
-            out = [wrap_storage(empty(shape, output_dtype(desc.dtype), q), output_dtype(desc.dtype))
+            out = [wrap_storage(empty(shape, desc.out_dtype, q), desc.out_dtype)
                    for _ in input_sets]
             lse = [wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
                    for _ in input_sets]

@@ -13,7 +13,7 @@ from attnplan import registry
 from attnplan.arguments import bind_arguments, lse_shape
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import Device, default_device
-from attnplan.dtypes import lse_dtype, output_dtype
+from attnplan.dtypes import lse_dtype
 from attnplan.interop import as_tensor, empty, wrap_storage
 from attnplan.plan import explain
 from attnplan.problems import random_inputs
@@ -129,7 +129,7 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
         else:
             fixed = []
             for s in sets:
-                out, lse = _reference(desc, s, output_dtype(desc.dtype))
+                out, lse = _reference(desc, s, desc.out_dtype)
                 fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
             want = _reference_grads(check_desc, select(sets[0]), select(fixed[0]))
         contenders = []

@@ -11,6 +11,7 @@ from attnplan.backend import Backend, Executable
 from attnplan.capabilities import Capabilities
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
+from attnplan.dtypes import FP8_DTYPES, FP8_LIMITS
 from attnplan.interop import as_host_index, from_float, round_trip, to_float
 from attnplan.sequences import kv_view, lse_view, q_view, spans
 from attnplan.sku import KernelSku, PrecisionGuarantee
@@ -37,7 +38,8 @@ class ReferenceExecutor:
         desc, xp = self.desc, bound.q.xp
         index = {name: as_host_index(getattr(bound, name), name) if getattr(bound, name) is not None else None
                  for name in ("cu_seqlens_q", "cu_seqlens_kv", "seqlens_kv", "block_table")}
-        q, k, v = (to_float(t, self.compute) for t in (bound.q, bound.k, bound.v))
+        q, k, v = (self._descaled(t, descale) for t, descale in
+                   ((bound.q, bound.descale_q), (bound.k, bound.descale_k), (bound.v, bound.descale_v)))
         slopes = to_float(bound.alibi_slopes, self.compute) if bound.alibi_slopes is not None else None
         sinks = to_float(bound.sink_logits, self.compute) if bound.sink_logits is not None else None
         rounding = None
@@ -52,13 +54,26 @@ class ReferenceExecutor:
                                        kv_view(desc, k, span), kv_view(desc, v, span), seq_slopes, sinks,
                                        rounding)
 
+    def _descaled(self, t, descale):
+        values = to_float(t, self.compute)
+        return values if descale is None else values * to_float(descale, self.compute)
+
     def forward(self, bound, out, lse) -> None:
         desc, xp = self.desc, bound.q.xp
+        scale_o = to_float(bound.scale_o, self.compute) if bound.scale_o is not None else None
+        amax = xp.zeros((1,), dtype=np.float64)
         for span, seq in self._sequences(bound):
             seq_out, seq_lse = forward_sequence(desc, seq, bound.dropout_seed, xp)
+            if seq_out.size:
+                amax = xp.maximum(amax, xp.abs(seq_out).max())
+            if out.dtype in FP8_DTYPES:       # stored as O * scale_o, saturated to the format's range
+                limit = FP8_LIMITS[out.dtype]
+                seq_out = xp.clip(seq_out if scale_o is None else seq_out * scale_o, -limit, limit)
             q_view(desc, out.data, span)[...] = from_float(seq_out, out.dtype, xp)
             if lse is not None:
                 lse_view(desc, lse.data, span)[...] = seq_lse.astype(lse.data.dtype)
+        if bound.amax_o is not None:
+            bound.amax_o.data[...] = amax.astype(bound.amax_o.data.dtype)
 
     def backward(self, bound, dq, dk, dv, dsink) -> None:
         desc, xp = self.desc, bound.q.xp

@@ -12,7 +12,7 @@ from attnplan.accuracy import host_f64, max_abs_error, within_tolerance
 from attnplan.arguments import bind_arguments, lse_shape
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import default_device
-from attnplan.dtypes import lse_dtype, output_dtype
+from attnplan.dtypes import lse_dtype
 from attnplan.dtypes import HOST_DTYPES
 from attnplan.interop import Tensor, as_tensor, wrap_storage
 from attnplan.problems import random_inputs
@@ -53,7 +53,7 @@ def poisoned_outputs(desc, args):
     import cupy
     q = args["q"]
     shape = tuple(q.shape[:-1]) + (desc.head_dim_v,)
-    out = _storage(shape, output_dtype(desc.dtype), cupy)
+    out = _storage(shape, desc.out_dtype, cupy)
     lse = _storage(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), cupy)
     return out, lse
 
@@ -67,7 +67,7 @@ def check_forward(desc, backend: str, seed: int = 0):
     out, lse = poisoned_outputs(desc, args)
     plan.run(out=out, lse=lse, **args)
     exact_out, exact_lse = reference_forward(desc, args)
-    low_out, low_lse = reference_forward(desc, args, compute="f32", emulate=True, out_dtype=output_dtype(desc.dtype))
+    low_out, low_lse = reference_forward(desc, args, compute="f32", emulate=True, out_dtype=desc.out_dtype)
     errors = {
         "out": max_abs_error(out, exact_out), "out_lowp_ref": max_abs_error(low_out, exact_out),
         "lse": max_abs_error(lse, exact_lse), "lse_lowp_ref": max_abs_error(low_lse, exact_lse),
@@ -92,7 +92,7 @@ def backward_inputs(desc, seed: int = 0) -> dict:
     to the output dtype as a real forward pass would store it."""
     args = random_inputs(desc, default_device(), seed=seed)
     forward_args = {k: v for k, v in args.items() if k != "dout"}
-    out, lse = reference_forward(forward_descriptor(desc), forward_args, out_dtype=output_dtype(desc.dtype))
+    out, lse = reference_forward(forward_descriptor(desc), forward_args, out_dtype=desc.out_dtype)
     args["out"], args["lse"] = out, lse     # Tensors: bf16 stays raw storage with its logical dtype
     return args
 
