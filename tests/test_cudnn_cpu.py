@@ -61,7 +61,6 @@ def test_select_restricted_to_cudnn_raises_with_the_reason():
     (dict(alibi=True, causal=True), "ALiBi"),
     (dict(softcap=5.0), "softcap"),
     (dict(causal=True, window=(8, 0), sink_tokens=2), "sink tokens"),
-    (dict(dtype="e4m3"), "fp8"),
 ])
 def test_semantic_mismatches_are_explained_everywhere(fields, words):
     desc = _desc(**fields)

@@ -102,6 +102,19 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def io_data_type(cudnn, dtype: str):
+    return {"f16": cudnn.data_type.HALF, "bf16": cudnn.data_type.BFLOAT16, "e4m3": cudnn.data_type.FP8_E4M3,
+            "e5m2": cudnn.data_type.FP8_E5M2}[dtype]
+
+
+# The fp8 graph's per-tensor scales, in the role names of its uids.  descale_* and scale_o come from
+# the caller (1 when not given); scale_s / descale_s (the fp8 probabilities P * SOFTMAX_SCALE before
+# the P.V product) are ours; amax_s / amax_o are written by cuDNN.
+FP8_INPUT_SCALES = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+FP8_AMAX = ("amax_s", "amax_o")
+SOFTMAX_SCALE = 256.0       # P in [0, 1] -> [0, 256]: within e4m3's range (448), exactly invertible
+
+
 class _Builder:
     """Declares the tensors of one graph, remembering their uids by role."""
 
@@ -109,7 +122,8 @@ class _Builder:
         self.cudnn, self.graph, self.desc, self.geometry = cudnn, graph, desc, geometry
         self.tensors: dict = {}
         self.offsets: dict = {}
-        self.io = cudnn.data_type.HALF if desc.dtype == "f16" else cudnn.data_type.BFLOAT16
+        self.io = io_data_type(cudnn, desc.dtype)
+        self.out = io_data_type(cudnn, desc.out_dtype)
 
     def aux(self, role: str, dims: list, strides: list, data_type) -> object:
         t = self.graph.tensor(name=role, dim=dims, stride=strides, data_type=data_type)
@@ -142,7 +156,7 @@ class _Builder:
     def output(self, role: str, t) -> None:
         strides = self.geometry.of(role)
         dims, cudnn_strides = cudnn_layout(self.desc, role, strides, self.geometry.num_pages)
-        t.set_output(True).set_dim(dims).set_stride(cudnn_strides).set_data_type(self.io)
+        t.set_output(True).set_dim(dims).set_stride(cudnn_strides).set_data_type(self.out if role == "o" else self.io)
         ragged = self._ragged(role, strides)
         if ragged is not None:
             t.set_ragged_offset(ragged)
@@ -180,19 +194,47 @@ class _Builder:
 
 
 def _declare_forward(b: _Builder) -> None:
-    desc, cudnn = b.desc, b.cudnn
+    desc = b.desc
     q, k, v = b.data("q"), b.data("k"), b.data("v")
     kw = b.common()
+    if desc.is_fp8:
+        _declare_forward_fp8(b, q, k, v, kw)
+        return
     if desc.paged is not None:
-        table = ([desc.batch, 1, desc.paged.max_pages_per_seq, 1],
-                 [b.geometry.table_stride, b.geometry.table_stride, 1, 1], cudnn.data_type.INT32)
-        kw["paged_attention_k_table"] = b.aux("table_k", *table)
-        kw["paged_attention_v_table"] = b.aux("table_v", *table)
-        kw["paged_attention_max_seq_len_kv"] = int(desc.paged.page_size * desc.paged.max_pages_per_seq)
+        _paged_tables(b, kw)
     o, stats = b.graph.sdpa(q=q, k=k, v=v, generate_stats=bool(b.geometry.stats), name="attnplan_sdpa", **kw)
     b.output("o", o)
     if b.geometry.stats:
         b.stats(stats)
+
+
+def _declare_forward_fp8(b: _Builder, q, k, v, kw: dict) -> None:
+    """cuDNN's fp8 SDPA: its band bounds are named left_bound / right_bound."""
+    desc, cudnn = b.desc, b.cudnn
+    scalar = ([1, 1, 1, 1], [1, 1, 1, 1], cudnn.data_type.FLOAT)
+    scales = {role: b.aux(role, *scalar) for role in FP8_INPUT_SCALES}
+    for ours, theirs in (("diagonal_band_left_bound", "left_bound"), ("diagonal_band_right_bound", "right_bound")):
+        if ours in kw:
+            kw[theirs] = kw.pop(ours)
+    if desc.paged is not None:
+        _paged_tables(b, kw)
+    o, stats, amax_s, amax_o = b.graph.sdpa_fp8(q=q, k=k, v=v, generate_stats=bool(b.geometry.stats),
+                                                name="attnplan_sdpa_fp8", **scales, **kw)
+    b.output("o", o)
+    if b.geometry.stats:
+        b.stats(stats)
+    for role, t in (("amax_s", amax_s), ("amax_o", amax_o)):
+        t.set_output(True).set_dim(scalar[0]).set_stride(scalar[1]).set_data_type(scalar[2])
+        b.tensors[role] = t
+
+
+def _paged_tables(b: _Builder, kw: dict) -> None:
+    desc, cudnn = b.desc, b.cudnn
+    table = ([desc.batch, 1, desc.paged.max_pages_per_seq, 1],
+             [b.geometry.table_stride, b.geometry.table_stride, 1, 1], cudnn.data_type.INT32)
+    kw["paged_attention_k_table"] = b.aux("table_k", *table)
+    kw["paged_attention_v_table"] = b.aux("table_v", *table)
+    kw["paged_attention_max_seq_len_kv"] = int(desc.paged.page_size * desc.paged.max_pages_per_seq)
 
 
 def _declare_backward(b: _Builder) -> None:
@@ -237,7 +279,7 @@ def build(desc: AttentionDescriptor, device_index: int, geometry: Geometry,
     with cupy.cuda.Device(device_index):
         handle = library.handle(device_index)
         try:
-            graph = cudnn.pygraph(io_data_type=cudnn.data_type.HALF if desc.dtype == "f16" else cudnn.data_type.BFLOAT16,
+            graph = cudnn.pygraph(io_data_type=io_data_type(cudnn, desc.dtype),
                                   intermediate_data_type=cudnn.data_type.FLOAT,
                                   compute_data_type=cudnn.data_type.FLOAT, handle=handle)
             builder = _Builder(cudnn, graph, desc, geometry)

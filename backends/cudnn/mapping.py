@@ -27,10 +27,6 @@ _HEAD_DIM_V_ROLES = ("v", "o", "do", "dv")
 def semantic_reasons(desc: AttentionDescriptor) -> list[str]:
     """Features whose attnplan semantics cuDNN's SDPA graph cannot reproduce exactly."""
     reasons = []
-    if desc.is_fp8:
-        reasons.append(f"dtype {desc.dtype!r}: fp8 is not wired to cuDNN's sdpa_fp8 graph in this backend: "
-                       "attnplan's fp8 output is bf16, which cuDNN's fp8 SDPA writes only on Blackwell with "
-                       "cuDNN >= 9.13 (and it also needs descale/scale/amax tensors); use f16 or bf16")
     if desc.sink_tokens > 0:
         reasons.append("sink tokens: cuDNN's diagonal band applies to every key; it has no 'first N keys ignore "
                        "the window' exception")

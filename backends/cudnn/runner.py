@@ -17,10 +17,12 @@ from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
 
 from . import library
-from .graphs import GRAPHS, BuiltGraph, GraphUnsupported
+from .graphs import FP8_AMAX, FP8_INPUT_SCALES, GRAPHS, SOFTMAX_SCALE, BuiltGraph, GraphUnsupported
 from .mapping import Geometry, make_geometry
 
 ALIGN_BYTES = 16
+# Roles whose addresses come straight from the call (arguments, outputs, the fp8 scales and amax).
+PLAIN_ROLES = frozenset({"q", "k", "v", "o", "stats"} | set(FP8_INPUT_SCALES) | set(FP8_AMAX))
 INT32_MAX = 2**31 - 1
 
 
@@ -203,11 +205,25 @@ class CudnnRunner:
         desc = self.desc
         lse_direct = lse is None or (desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides))
         plain = (lse_direct and not (desc.varlen or desc.paged is not None or desc.dropout_p > 0 or desc.sink_logits)
-                 and "seq_q" not in built.uids and not built.offsets)
-        roles = tuple((built.uids[role], role) for role in tensors if role in built.uids)
-        if stats:
-            roles += ((built.uids["stats"], "stats"),)
+                 and all(role in PLAIN_ROLES for role in built.uids))
+        roles = tuple((uid, role) for role, uid in built.uids.items())
         return _Prepared(built, plain, roles)
+
+    def _fp8_pointers(self, cupy, bound, device_index: int) -> dict:
+        """The fp8 graph's scales: the caller's descales / scale_o (else 1), our softmax scale, and
+        where cuDNN writes amax_s (scratch) and amax_o (the caller's, else scratch)."""
+        constants = self._constants.get(("fp8", device_index))
+        if constants is None:                  # one, scale_s, descale_s, amax_s, amax_o: 16 bytes apart
+            values = [1.0, SOFTMAX_SCALE, 1.0 / SOFTMAX_SCALE, 0.0, 0.0]
+            with cupy.cuda.Device(device_index):
+                constants = cupy.array([x for value in values for x in (value, 0.0, 0.0, 0.0)], dtype=cupy.float32)
+            self._constants[("fp8", device_index)] = constants
+        one, scale_s, descale_s, scratch_s, scratch_o = (constants.data.ptr + 16 * i for i in range(5))
+        given = {name: getattr(bound, name) for name in ("descale_q", "descale_k", "descale_v", "scale_o", "amax_o")}
+        pointers = {name: t.ptr if t is not None else one for name, t in given.items() if name != "amax_o"}
+        pointers.update(scale_s=scale_s, descale_s=descale_s, amax_s=scratch_s,
+                        amax_o=given["amax_o"].ptr if given["amax_o"] is not None else scratch_o)
+        return pointers
 
     def forward(self, bound, out, lse) -> None:
         """(Arguments checked by Plan.can_implement through check_arguments.)"""
@@ -224,6 +240,8 @@ class CudnnRunner:
         if prepared.plain:
             addresses = {"q": bound.q.ptr, "k": bound.k.ptr, "v": bound.v.ptr, "o": out.ptr,
                          "stats": lse.ptr if lse is not None else 0}
+            if desc.is_fp8:
+                addresses.update(self._fp8_pointers(cupy, bound, device_index))
             pack = {uid: addresses[role] for uid, role in prepared.roles}
             workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
             with on_device(cupy, device_index):
@@ -233,6 +251,8 @@ class CudnnRunner:
         with on_device(cupy, device_index), on_stream(cupy, stream, device_index):
             ptrs = {role: t.ptr for role, t in tensors.items()}
             ptrs.update(self._index_pointers(cupy, bound, built, keep))
+            if desc.is_fp8:
+                ptrs.update(self._fp8_pointers(cupy, bound, device_index))
             stats = None                    # a separate stats buffer, where the LSE cannot take cuDNN's layout
             if lse is not None:
                 if desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides):

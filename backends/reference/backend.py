@@ -66,8 +66,8 @@ class ReferenceExecutor:
             seq_out, seq_lse = forward_sequence(desc, seq, bound.dropout_seed, xp)
             if seq_out.size:
                 amax = xp.maximum(amax, xp.abs(seq_out).max())
-            if out.dtype in FP8_DTYPES:       # stored as O * scale_o, saturated to the format's range
-                limit = FP8_LIMITS[out.dtype]
+            if desc.out_dtype in FP8_DTYPES:   # stored as O * scale_o, saturated to the format's range
+                limit = FP8_LIMITS[desc.out_dtype]
                 seq_out = xp.clip(seq_out if scale_o is None else seq_out * scale_o, -limit, limit)
             q_view(desc, out.data, span)[...] = from_float(seq_out, out.dtype, xp)
             if lse is not None:

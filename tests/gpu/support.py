@@ -18,7 +18,7 @@ from attnplan.interop import Tensor, as_tensor, wrap_storage
 from attnplan.problems import random_inputs
 
 # Half an ulp at 1.0 of the output dtype: the floor of any rounding comparison.
-EPSILON = {"bf16": 2.0**-9, "f16": 2.0**-12}
+EPSILON = {"bf16": 2.0**-9, "f16": 2.0**-12, "e4m3": 2.0**-4, "e5m2": 2.0**-3}
 LSE_EPSILON = 1e-3
 
 
@@ -31,6 +31,8 @@ def _storage(shape, dtype, xp, fill=np.nan):
     raw = {"bf16": np.uint16}.get(dtype)
     if xp is np:                                                        # host storage is ml_dtypes
         return wrap_storage(np.full(shape, fill, dtype=HOST_DTYPES[dtype]), dtype)
+    if dtype in ("e4m3", "e5m2"):
+        return wrap_storage(xp.full(shape, 0x7F, dtype=np.uint8), dtype)        # fp8 NaN bits
     if raw is not None:
         return wrap_storage(xp.full(shape, 0x7FC0, dtype=raw), dtype)   # bf16 NaN bits
     return wrap_storage(xp.full(shape, fill, dtype={"f16": np.float16, "f32": np.float32,
@@ -72,7 +74,7 @@ def check_forward(desc, backend: str, seed: int = 0):
         "out": max_abs_error(out, exact_out), "out_lowp_ref": max_abs_error(low_out, exact_out),
         "lse": max_abs_error(lse, exact_lse), "lse_lowp_ref": max_abs_error(low_lse, exact_lse),
     }
-    assert within_tolerance(errors["out"], errors["out_lowp_ref"], EPSILON[desc.dtype]), (plan.sku.kernel, errors)
+    assert within_tolerance(errors["out"], errors["out_lowp_ref"], EPSILON[desc.out_dtype]), (plan.sku.kernel, errors)
     assert within_tolerance(errors["lse"], errors["lse_lowp_ref"], LSE_EPSILON), (plan.sku.kernel, errors)
     return errors
 
