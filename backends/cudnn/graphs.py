@@ -213,6 +213,12 @@ def _declare_forward_fp8(b: _Builder, q, k, v, kw: dict) -> None:
     desc, cudnn = b.desc, b.cudnn
     scalar = ([1, 1, 1, 1], [1, 1, 1, 1], cudnn.data_type.FLOAT)
     scales = {role: b.aux(role, *scalar) for role in FP8_INPUT_SCALES}
+    if desc.causal and "diagonal_band_left_bound" not in kw:
+        # Plain causal: the fp8 graph's own causal flags (on Hopper cuDNN builds fp8 graphs only with
+        # these, not with a diagonal band).
+        top_left = kw.pop("diagonal_alignment") == cudnn.diagonal_alignment.TOP_LEFT
+        kw.pop("diagonal_band_right_bound")
+        kw["use_causal_mask" if top_left else "use_causal_mask_bottom_right"] = True
     for ours, theirs in (("diagonal_band_left_bound", "left_bound"), ("diagonal_band_right_bound", "right_bound")):
         if ours in kw:
             kw[theirs] = kw.pop(ours)

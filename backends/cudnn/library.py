@@ -25,6 +25,8 @@ def version_text(version: int) -> str:
 
 def _load() -> None:
     global _loaded, _module, _problem
+    if _loaded:
+        return
     with _lock:
         if _loaded:
             return

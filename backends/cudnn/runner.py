@@ -87,14 +87,17 @@ class _Workspaces:
             return 0
         if given is not None and given.data.nbytes >= need:
             return given.ptr
+        held = self._buffers.get(device_index)            # (buffer, address)
+        if held is not None and held[0].nbytes >= need:
+            return held[1]
         import cupy
         with self._lock:
-            buffer = self._buffers.get(device_index)
-            if buffer is None or buffer.nbytes < need:
+            held = self._buffers.get(device_index)
+            if held is None or held[0].nbytes < need:
                 with cupy.cuda.Device(device_index):
                     buffer = cupy.empty(need, dtype=cupy.uint8)
-                self._buffers[device_index] = buffer
-            return int(buffer.data.ptr)
+                held = self._buffers[device_index] = (buffer, int(buffer.data.ptr))
+            return held[1]
 
 
 class CudnnRunner:
