@@ -16,7 +16,7 @@ import numpy as np
 from .descriptor import AttentionDescriptor
 from .dtypes import FP8_DTYPES, lse_dtype
 from .errors import InvalidArguments
-from .interop import Tensor, array_reader, as_host_index, as_tensor
+from .interop import READERS as _READERS, Tensor, array_reader, as_host_index, as_tensor
 
 FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
@@ -29,7 +29,7 @@ BACKWARD_ARGUMENTS = FORWARD_ARGUMENTS + ("dout",)
 _INDEX_ARGUMENTS = ("cu_seqlens_q", "cu_seqlens_kv", "block_table", "seqlens_kv")
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)          # built on every call: a plain slotted record (frozen costs per field)
 class BoundArguments:
     """Checked arguments.  Tensors are views of the caller's arrays; `lengths` holds host
     copies of the per-sequence lengths when they were read (value checks)."""
@@ -191,7 +191,7 @@ def _read(kwargs: dict):
             parts.append((name, x.dtype, reader(x.data)[0]))
             tensors[name] = x
             continue
-        reader = array_reader(kind)
+        reader = _READERS.get(kind) or array_reader(kind)
         if reader is None:
             return None, None
         facts, tensors[name] = reader(x)

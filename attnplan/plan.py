@@ -120,6 +120,9 @@ class Plan:
 
     def can_implement(self, check_values: bool = True, **args) -> BoundArguments:
         """Check the arguments against the plan; raise InvalidArguments naming the culprit."""
+        return self._bind(args, check_values)
+
+    def _bind(self, args: dict, check_values: bool) -> BoundArguments:
         bound = bind_arguments(self.desc, args, check_values=check_values)
         on_cuda = self.device.kind == "cuda"
         if bound.is_cuda != on_cuda:
@@ -137,7 +140,7 @@ class Plan:
     def run(self, check_values: bool = True, **args):
         """Forward: returns AttentionResult(out, lse).  Backward: (dq, dk, dv[, dsink_logits]).
         Outputs come back in the caller's array type."""
-        bound = self.can_implement(check_values=check_values, **args)
+        bound = self._bind(args, check_values)
         if self.desc.direction == "backward":
             return self._run_backward(bound)
         desc, q = self.desc, bound.q
