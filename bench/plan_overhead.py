@@ -28,7 +28,7 @@ from attnplan.problems import random_inputs
 from attnplan.device import default_device
 
 BATCH = 100
-ROUNDS = 15
+ROUNDS = 25
 
 
 def _batch_us(fn) -> float:
