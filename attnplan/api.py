@@ -32,7 +32,7 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
              sink_logits=None, alibi_slopes=None, softcap=0.0, scale=None, dropout_p=0.0,
              cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None,
              block_table=None, seqlens_kv=None, layout="bshd", return_lse=False, deterministic=False,
-             direction="forward") -> AttentionDescriptor:
+             direction="forward", out_dtype=None) -> AttentionDescriptor:
     """The descriptor of a call, read off the arrays' shapes and dtypes."""
     tq, tk, tv = as_tensor(q, "q"), as_tensor(k, "k"), as_tensor(v, "v")
     expected_rank = 3 if layout == "thd" else 4
@@ -66,6 +66,8 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
     else:
         seqlen_kv, heads_kv = tk.shape[1], tk.shape[2]
     extras = {} if scale is None else {"scale": float(scale)}
+    if out_dtype is not None:
+        extras["out_dtype"] = out_dtype
     return AttentionDescriptor(
         batch=int(batch), seqlen_q=int(seqlen_q), seqlen_kv=int(seqlen_kv), heads_q=int(heads_q),
         heads_kv=int(heads_kv), head_dim=int(tq.shape[-1]), head_dim_v=int(tv.shape[-1]),
@@ -81,9 +83,9 @@ def _device_of(q) -> Device:
 
 
 _RUN_ARGUMENTS = ("alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv", "block_table",
-                  "seqlens_kv", "dropout_seed", "stream")
+                  "seqlens_kv", "dropout_seed", "stream", "descale_q", "descale_k", "descale_v", "scale_o", "amax_o")
 _DESCRIBE_ONLY = ("causal", "causal_alignment", "window", "sink_tokens", "softcap", "scale", "dropout_p",
-                  "max_seqlen_q", "max_seqlen_kv", "layout", "return_lse", "deterministic")
+                  "max_seqlen_q", "max_seqlen_kv", "layout", "return_lse", "deterministic", "out_dtype")
 
 
 def attention(q, k, v, *, backend: Optional[str] = None, out=None, **options):

@@ -87,3 +87,15 @@ def test_scale_shape_and_dtype_are_checked():
     read_only.flags.writeable = False
     with pytest.raises(InvalidArguments, match="amax_o.*read-only"):
         plan.run(**args, amax_o=read_only)
+
+
+def test_the_one_call_api_takes_out_dtype_and_the_scales():
+    import attnplan
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 16, 2, 32)).astype(ml_dtypes.float8_e4m3fn) for _ in range(3))
+    amax = np.zeros(1, np.float32)
+    out = attnplan.attention(q, k, v, out_dtype="e4m3", descale_v=_scalar(0.5), scale_o=_scalar(2.0), amax_o=amax)
+    plain = attnplan.attention(q, k, v)                     # bf16 out, unit scales
+    assert out.dtype == ml_dtypes.float8_e4m3fn and plain.dtype == ml_dtypes.bfloat16
+    np.testing.assert_allclose(out.astype(np.float64), plain.astype(np.float64), atol=2**-3)   # 0.5 * 2 = 1
+    assert abs(float(amax[0]) - 0.5 * np.abs(plain.astype(np.float64)).max()) < 2**-6
