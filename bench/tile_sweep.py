@@ -1,7 +1,9 @@
-"""A/B the sm80 forward tile configs (and the query-tile launch order) on chosen problems, each
-checked against the reference before its time counts.  Run on the GPU:
+"""A/B the sm80 forward tile configs (and the query-tile launch order), or the backward's tile
+configs, on chosen problems, each checked against the reference before its time counts.  Run on
+the GPU:
 
     python bench/tile_sweep.py --head-dims 64,128 --seqlens 4096 --output bench/results/tiles.json
+    python bench/tile_sweep.py --direction backward --output bench/results/bwd-tiles.json
 """
 
 from __future__ import annotations
@@ -12,24 +14,68 @@ import json
 from attnplan.backends.nvrtc import compiler
 from attnplan.backends.nvrtc.backend import NvrtcBackend
 from attnplan.bench.contenders import prepare_plan
-from attnplan.bench.measure import is_correct, median, relative_error, time_launches
+from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved, time_launches
 from attnplan.bench.problems import standard_problem
-from attnplan.bench.runner import _input_sets, _reference, device_description
+from attnplan.bench.runner import _input_sets, _reference, _reference_grads, device_description, spot_check
 from attnplan.device import default_device
 from attnplan.plan import Plan
 
 CONFIGS = [(128, 128, 4), (128, 64, 4), (64, 128, 4), (64, 64, 4), (128, 128, 8), (128, 64, 8)]
+# (block_m, block_n, num_warps, stages) of attn_bwd_kernel; block_n 64 with 8 warps is dsplit 2.
+BACKWARD_CONFIGS = [(64, 128, 8, 2), (128, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2)]
+
+
+def backward_sweep(head_dims, seqlens, device, rows: list) -> None:
+    """Every backward config on each problem, timed in interleaved rounds (same clocks for all)."""
+    for head_dim in head_dims:
+        for seqlen in seqlens:
+            for causal in (False, True):
+                problem = standard_problem("bf16", head_dim, seqlen, causal, "backward")
+                desc = problem.descriptor()
+                sets = _input_sets(desc, device, 0)
+                fixed = []
+                for s in sets:
+                    out, lse = _reference(desc, s, desc.out_dtype)
+                    fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
+                check_desc, select = spot_check(desc) or (desc, lambda values: values)
+                want = _reference_grads(check_desc, select(sets[0]), select(fixed[0]))
+                timed = []
+                for cfg in BACKWARD_CONFIGS:
+                    config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))
+                    try:
+                        backend = NvrtcBackend()
+                        plan = Plan(desc, device, backend, backend.build(desc, device, config))
+                        prepared = prepare_plan("nvrtc", desc, sets, fixed, plan=plan)
+                    except Exception as exc:
+                        print(problem.label, cfg, "build failed:", str(exc)[:200])
+                        continue
+                    error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
+                    row = {"problem": problem.as_dict(), "config": config, "error": error}
+                    rows.append(row)
+                    if is_correct(error, desc.dtype):
+                        timed.append((row, prepared))
+                    else:
+                        print(problem.label, cfg, "WRONG", error)
+                times = time_interleaved([p for _, p in timed], len(sets), 20, 3, True)
+                for (row, _), t in zip(timed, times):
+                    row.update(ms=median(t), tflops=desc.flops() / median(t) / 1e9)
+                    print(f"{problem.label:40s} {str(tuple(row['config'].values())):18s} err={row['error']:.2e} "
+                          f"{row['tflops']:7.1f} TFLOP/s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--head-dims", default="64,128")
     parser.add_argument("--seqlens", default="4096")
+    parser.add_argument("--direction", default="forward", choices=("forward", "backward"))
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     device = default_device()
     rows = []
-    for head_dim in map(int, args.head_dims.split(",")):
+    if args.direction == "backward":
+        backward_sweep([int(d) for d in args.head_dims.split(",")], [int(s) for s in args.seqlens.split(",")],
+                       device, rows)
+    for head_dim in map(int, args.head_dims.split(",")) if args.direction == "forward" else ():
         for seqlen in map(int, args.seqlens.split(",")):
             for causal in (False, True):
                 problem = standard_problem("bf16", head_dim, seqlen, causal, "forward")
