@@ -85,8 +85,10 @@ def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, in
 # threads, no dynamic shared memory.
 
 # (block_m, block_n, num_warps) by the wider head dim, after FlashAttention-2's sm80 choices; the
-# fallbacks serve archs with less shared memory (sm_86 / sm_89).
-_BWD_PREFERRED = ((64, (64, 128, 8)), (128, (64, 128, 8)), (256, (64, 64, 8)))
+# fallbacks serve archs with less shared memory (sm_86 / sm_89).  d <= 64: 128 query rows per step
+# (FlashAttention-2's d64 tile) beat 64 by 2-3.5% on an H200 at s=4096; d <= 128: 64 rows stay best
+# (bench/tile_sweep.py --direction backward, bench/results/2026-11-23-h200-sm80-backward-tiles.json).
+_BWD_PREFERRED = ((64, (128, 128, 8)), (128, (64, 128, 8)), (256, (64, 64, 8)))
 _BWD_FALLBACKS = {64: ((64, 64, 4),), 128: ((64, 64, 4), (32, 64, 4)), 256: ((32, 32, 4),)}
 _DQ_PREFERRED = ((128, (64, 64, 4)), (256, (64, 32, 4)))
 _DQ_FALLBACKS = ((32, 32, 2),)
