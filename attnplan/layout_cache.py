@@ -26,5 +26,9 @@ class LayoutCache:
             self._entries[signature] = entry
         return entry
 
+    def lookup(self, signature: Any) -> Any:
+        """The value kept for `signature`, or None (also for a None signature)."""
+        return self._entries.get(signature) if signature is not None else None
+
     def __len__(self) -> int:
         return len(self._entries)

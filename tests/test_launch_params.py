@@ -82,3 +82,4 @@ def test_layout_cache_keeps_values_per_signature_and_never_caches_none_or_failur
     assert cache.get("b", lambda: make(5)) == 5
     cache.get("c", lambda: make(6))                          # full: cleared, then holds "c"
     assert len(cache) == 1 and made == [1, 3, 4, 5, 6]
+    assert cache.lookup("c") == 6 and cache.lookup("a") is None and cache.lookup(None) is None
