@@ -32,7 +32,7 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
              sink_logits=None, alibi_slopes=None, softcap=0.0, scale=None, dropout_p=0.0,
              cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None,
              block_table=None, seqlens_kv=None, layout="bshd", return_lse=False, deterministic=False,
-             direction="forward", out_dtype=None) -> AttentionDescriptor:
+             direction="forward", out_dtype=None, bias=None) -> AttentionDescriptor:
     """The descriptor of a call, read off the arrays' shapes and dtypes."""
     tq, tk, tv = as_tensor(q, "q"), as_tensor(k, "k"), as_tensor(v, "v")
     expected_rank = 3 if layout == "thd" else 4
@@ -73,7 +73,7 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
         heads_kv=int(heads_kv), head_dim=int(tq.shape[-1]), head_dim_v=int(tv.shape[-1]),
         dtype=tq.dtype, layout=layout, causal=causal, causal_alignment=causal_alignment,
         window=tuple(window), sink_tokens=sink_tokens, sink_logits=sink_logits is not None,
-        alibi=alibi_slopes is not None, softcap=float(softcap), dropout_p=float(dropout_p),
+        alibi=alibi_slopes is not None, bias=bias is not None, softcap=float(softcap), dropout_p=float(dropout_p),
         paged=paged, return_lse=return_lse, deterministic=deterministic, direction=direction, **extras)
 
 
@@ -83,7 +83,7 @@ def _device_of(q) -> Device:
 
 
 _RUN_ARGUMENTS = ("alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv", "block_table",
-                  "seqlens_kv", "dropout_seed", "stream", "descale_q", "descale_k", "descale_v", "scale_o", "amax_o")
+                  "seqlens_kv", "bias", "dropout_seed", "stream", "descale_q", "descale_k", "descale_v", "scale_o", "amax_o")
 _DESCRIBE_ONLY = ("causal", "causal_alignment", "window", "sink_tokens", "softcap", "scale", "dropout_p",
                   "max_seqlen_q", "max_seqlen_kv", "layout", "return_lse", "deterministic", "out_dtype")
 
@@ -92,7 +92,7 @@ def attention(q, k, v, *, backend: Optional[str] = None, out=None, **options):
     """Attention of q, k, v (see docs/semantics.md).  Returns `out`, or `(out, lse)` with
     `return_lse=True`, in the caller's array type."""
     _reject_unknown(options)
-    desc = describe(q, k, v, **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:6]})
+    desc = describe(q, k, v, **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:7]})
     plan = _cached_plan(desc, _device_of(q), backend)
     run_args = {n: options[n] for n in _RUN_ARGUMENTS if options.get(n) is not None}
     result = plan.run(q=q, k=k, v=v, out=out, **run_args)
@@ -104,7 +104,7 @@ def attention_backward(dout, q, k, v, out, lse, *, backend: Optional[str] = None
     _reject_unknown(options)
     options.pop("return_lse", None)
     desc = describe(q, k, v, direction="backward",
-                    **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:6]})
+                    **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:7]})
     plan = _cached_plan(desc, _device_of(q), backend)
     run_args = {n: options[n] for n in _RUN_ARGUMENTS if options.get(n) is not None}
     return plan.run(q=q, k=k, v=v, out=out, lse=lse, dout=dout, **run_args)

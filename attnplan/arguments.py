@@ -18,7 +18,7 @@ from .dtypes import FP8_DTYPES, lse_dtype
 from .errors import InvalidArguments
 from .interop import READERS as _READERS, Tensor, array_reader, as_host_index, as_tensor
 
-FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q",
+FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "bias", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
                      "stream")
 # fp8 per-tensor scales (float32 arrays of shape [1]; optional, 1 when not given): the values of q, k, v
@@ -41,6 +41,7 @@ class BoundArguments:
     lse: Optional[Tensor] = None
     dout: Optional[Tensor] = None
     alibi_slopes: Optional[Tensor] = None
+    bias: Optional[Tensor] = None
     sink_logits: Optional[Tensor] = None
     cu_seqlens_q: Optional[Tensor] = None
     cu_seqlens_kv: Optional[Tensor] = None
@@ -134,6 +135,7 @@ def _required(desc: AttentionDescriptor, direction: str) -> dict[str, bool]:
     paged = desc.paged is not None
     return {
         "alibi_slopes": desc.alibi,
+        "bias": desc.bias,
         "sink_logits": desc.sink_logits,
         "cu_seqlens_q": desc.varlen,
         "cu_seqlens_kv": desc.varlen and not paged,
@@ -258,6 +260,8 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
     _check_matching_totals(desc, bound)
     if desc.alibi:
         bound["alibi_slopes"] = _check_alibi(desc, as_tensor(kwargs["alibi_slopes"], "alibi_slopes"), on_cuda, index)
+    if desc.bias:
+        bound["bias"] = _check_bias(desc, as_tensor(kwargs["bias"], "bias"), on_cuda, index)
     _check_seed(desc, kwargs.get("dropout_seed"))
     if kwargs.get("workspace") is not None:
         bound["workspace"] = as_tensor(kwargs["workspace"], "workspace")
@@ -267,6 +271,7 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
 def _why_required(name: str, desc: AttentionDescriptor) -> str:
     return {
         "alibi_slopes": f"alibi={desc.alibi}",
+        "bias": f"bias={desc.bias}",
         "sink_logits": f"sink_logits={desc.sink_logits}",
         "cu_seqlens_q": f"varlen={desc.varlen}",
         "cu_seqlens_kv": f"varlen={desc.varlen}, paged={desc.paged is not None}",
@@ -293,6 +298,15 @@ def _check_matching_totals(desc: AttentionDescriptor, bound: dict) -> None:
 def _check_alibi(desc: AttentionDescriptor, t: Tensor, on_cuda: bool, index: int) -> Tensor:
     shape = (desc.heads_q,) if t.data.ndim == 1 else (desc.batch, desc.heads_q)
     _check("alibi_slopes", t, shape, ("f32",), on_cuda, index)
+    return t
+
+
+def _check_bias(desc: AttentionDescriptor, t: Tensor, on_cuda: bool, index: int) -> Tensor:
+    """[batch or 1, heads_q or 1, seqlen_q, seqlen_kv], broadcast over the dims of size 1."""
+    shape = t.shape
+    batch = shape[0] if len(shape) == 4 and shape[0] in (1, desc.batch) else desc.batch
+    heads = shape[1] if len(shape) == 4 and shape[1] in (1, desc.heads_q) else desc.heads_q
+    _check("bias", t, (batch, heads, desc.seqlen_q, desc.seqlen_kv), (desc.dtype,), on_cuda, index)
     return t
 
 

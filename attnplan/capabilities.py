@@ -37,6 +37,7 @@ class Capabilities:
     sink_tokens: bool = True
     sink_logits: bool = True
     alibi: bool = True
+    bias: bool = True
     softcap: bool = True
     dropout: bool = True
     dropout_in_backward: bool = True
@@ -127,6 +128,7 @@ CHECKS: tuple[Check, ...] = (
     _flag("sink_tokens", lambda d: d.sink_tokens > 0, "sink tokens"),
     _flag("sink_logits", lambda d: d.sink_logits, "sink logits"),
     _flag("alibi", lambda d: d.alibi, "ALiBi"),
+    _flag("bias", lambda d: d.bias, "additive bias"),
     _flag("softcap", lambda d: d.softcap > 0, "softcap"),
     _flag("dropout", lambda d: d.dropout_p > 0, "dropout"),
     _dropout_backward,

@@ -114,6 +114,7 @@ class AttentionDescriptor:
     sink_tokens: int = attrs.field(default=0, converter=_plain_int, validator=_int_at_least(0))
     sink_logits: bool = attrs.field(default=False, validator=_boolean)
     alibi: bool = attrs.field(default=False, validator=_boolean)
+    bias: bool = attrs.field(default=False, validator=_boolean)     # an additive score bias given per call
     softcap: float = attrs.field(default=0.0, validator=_finite_float(0.0))
     dropout_p: float = attrs.field(default=0.0, validator=_finite_float(0.0, 1.0, closed_high=False))
     varlen: bool = attrs.field(validator=_boolean)
@@ -158,6 +159,9 @@ class AttentionDescriptor:
         if self.sink_tokens and left < 0:
             raise InvalidDescriptor("sink_tokens", self.sink_tokens,
                                     "0 unless the window has a left bound (sink tokens only matter past it)")
+        if self.bias and (self.varlen or self.paged is not None or self.dtype in FP8_DTYPES):
+            raise InvalidDescriptor("bias", self.bias, "False with varlen, paged KV or fp8 (a bias is a dense "
+                                                       "[batch or 1, heads_q or 1, seqlen_q, seqlen_kv] array)")
         if self.paged is not None:
             if self.layout == "bhsd":
                 raise InvalidDescriptor("layout", self.layout, "'bshd' or 'thd' with paged KV")

@@ -54,6 +54,8 @@ def random_inputs(desc: AttentionDescriptor, device: Device, seed: int = 0, vary
     if desc.alibi:
         # The usual geometric slopes 2^(-8 h / H).
         args["alibi_slopes"] = (2.0 ** (-8.0 * np.arange(1, desc.heads_q + 1) / desc.heads_q)).astype(np.float32)
+    if desc.bias:
+        args["bias"] = tensor((desc.batch, desc.heads_q, desc.seqlen_q, desc.seqlen_kv))
     if desc.sink_logits:
         args["sink_logits"] = rng.standard_normal(desc.heads_q).astype(np.float32)
     if desc.dropout_p > 0:

@@ -17,7 +17,7 @@ import attrs
 from attnplan.descriptor import AttentionDescriptor
 
 from . import library
-from .mapping import Geometry, cudnn_layout, is_ragged, mask_spec, stats_layout
+from .mapping import Geometry, bias_layout, cudnn_layout, is_ragged, mask_spec, stats_layout
 
 MAX_CACHED_GRAPHS = 256
 
@@ -172,6 +172,8 @@ class _Builder:
         cudnn, desc = self.cudnn, self.desc
         spec = mask_spec(desc)
         kw = {"attn_scale": float(desc.scale)}
+        if desc.bias:
+            kw["bias"] = self.aux("bias", *bias_layout(desc, self.geometry.of("bias")), self.io)
         if desc.causal or desc.has_window:
             kw["diagonal_alignment"] = (cudnn.diagonal_alignment.TOP_LEFT if spec.alignment == "top_left"
                                         else cudnn.diagonal_alignment.BOTTOM_RIGHT)

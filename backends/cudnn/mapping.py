@@ -112,6 +112,20 @@ def canonical_strides(desc: AttentionDescriptor, role: str) -> tuple:
     return contiguous_strides(our_shape(desc, role))
 
 
+def bias_strides(shape: tuple, strides: tuple) -> tuple:
+    """The geometry of a bias `[batch or 1, heads_q or 1, seqlen_q, seqlen_kv]`: its strides, 0 where
+    it broadcasts (batch and head extents of 1)."""
+    return tuple(0 if axis < 2 and extent == 1 else int(stride)
+                 for axis, (extent, stride) in enumerate(zip(shape, strides)))
+
+
+def bias_layout(desc: AttentionDescriptor, strides: tuple) -> tuple[list, list]:
+    """cuDNN's dims and strides of the bias of geometry `strides` (bias_strides)."""
+    dims = [desc.batch if strides[0] else 1, desc.heads_q if strides[1] else 1, desc.seqlen_q, desc.seqlen_kv]
+    dense = contiguous_strides(dims)
+    return dims, [int(s) if s else d for s, d in zip(strides, dense)]
+
+
 def cudnn_layout(desc: AttentionDescriptor, role: str, strides: tuple, num_pages: int = 0) -> tuple[list, list]:
     """cuDNN's logical dims `[b, h, s, d]` and element strides for a tensor of `role` whose
     attnplan-layout strides are `strides` (paged caches: `[pages, h, page_size, d]`; thd: the
@@ -173,7 +187,10 @@ def backward_roles() -> tuple:
 def canonical_geometry(desc: AttentionDescriptor) -> Geometry:
     """The geometry of densely packed tensors: what Plan.select builds and sizes the workspace for."""
     roles = backward_roles() if desc.direction == "backward" else forward_roles()
-    strides = tuple(sorted((role, canonical_strides(desc, role)) for role in roles))
+    strides = [(role, canonical_strides(desc, role)) for role in roles]
+    if desc.bias:
+        strides.append(("bias", contiguous_strides((desc.batch, desc.heads_q, desc.seqlen_q, desc.seqlen_kv))))
+    strides = tuple(sorted(strides))
     num_pages = table_stride = 0
     if desc.paged is not None:
         num_pages = desc.batch * desc.paged.max_pages_per_seq

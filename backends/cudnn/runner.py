@@ -18,11 +18,11 @@ from attnplan.streams import stream_handle
 
 from . import library
 from .graphs import FP8_AMAX, FP8_INPUT_SCALES, GRAPHS, SOFTMAX_SCALE, BuiltGraph, GraphUnsupported
-from .mapping import Geometry, make_geometry
+from .mapping import Geometry, bias_strides, make_geometry
 
 ALIGN_BYTES = 16
 # Roles whose addresses come straight from the call (arguments, outputs, the fp8 scales and amax).
-PLAIN_ROLES = frozenset({"q", "k", "v", "o", "stats"} | set(FP8_INPUT_SCALES) | set(FP8_AMAX))
+PLAIN_ROLES = frozenset({"q", "k", "v", "o", "stats", "bias"} | set(FP8_INPUT_SCALES) | set(FP8_AMAX))
 INT32_MAX = 2**31 - 1
 
 
@@ -119,7 +119,7 @@ class CudnnRunner:
                 raise InvalidArguments(name, f"base address is not {ALIGN_BYTES}-byte aligned (cuDNN needs it)")
 
     def check_arguments(self, bound) -> None:
-        self.check_alignment((name, getattr(bound, name)) for name in ("q", "k", "v", "out", "dout", "lse"))
+        self.check_alignment((name, getattr(bound, name)) for name in ("q", "k", "v", "out", "dout", "lse", "bias"))
         self._checked.get(bound.signature, lambda: self._check_layout(bound) or True)
 
     def _check_layout(self, bound) -> None:
@@ -143,7 +143,10 @@ class CudnnRunner:
         if self.desc.paged is not None:
             num_pages = bound.k.shape[0]
             table_stride = bound.block_table.strides[0]
-        return make_geometry(self.desc, {role: t.strides for role, t in tensors.items()}, num_pages, table_stride, stats)
+        strides = {role: t.strides for role, t in tensors.items()}
+        if self.desc.bias:
+            strides["bias"] = bias_strides(bound.bias.shape, bound.bias.strides)
+        return make_geometry(self.desc, strides, num_pages, table_stride, stats)
 
     # -- per-call index tensors ------------------------------------------------------------
 
@@ -192,6 +195,8 @@ class CudnnRunner:
             ptrs["seed"], ptrs["rng_offset"] = seed.data.ptr, offset.data.ptr
         if desc.sink_logits:
             ptrs["sink"] = contiguous(bound.sink_logits).data.ptr
+        if desc.bias:
+            ptrs["bias"] = bound.bias.ptr
         return ptrs
 
     @staticmethod
@@ -245,7 +250,8 @@ class CudnnRunner:
         stream = stream_handle(bound.stream, bound.q.origin)
         if prepared.plain:
             addresses = {"q": bound.q.ptr, "k": bound.k.ptr, "v": bound.v.ptr, "o": out.ptr,
-                         "stats": lse.ptr if lse is not None else 0}
+                         "stats": lse.ptr if lse is not None else 0,
+                         "bias": bound.bias.ptr if bound.bias is not None else 0}
             if desc.is_fp8:
                 addresses.update(self._fp8_pointers(cupy, bound, device_index))
             pack = {uid: addresses[role] for uid, role in prepared.roles}

@@ -68,7 +68,7 @@ SM80 = Generation(
     capabilities=Capabilities(
         devices=frozenset({"cuda"}), min_arch=80, dtypes=frozenset({"f16", "bf16"}),
         backward_dtypes=frozenset({"f16", "bf16"}), head_dims=frozenset(range(32, 257, 8)),
-        directions=frozenset({"forward", "backward"}), paged_backward=False,
+        directions=frozenset({"forward", "backward"}), paged_backward=False, bias=False,
     ),
     choose_tiles=_sm80_tiles,
     choose_dq_tiles=_sm80_dq_tiles,

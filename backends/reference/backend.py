@@ -42,6 +42,7 @@ class ReferenceExecutor:
                    ((bound.q, bound.descale_q), (bound.k, bound.descale_k), (bound.v, bound.descale_v)))
         slopes = to_float(bound.alibi_slopes, self.compute) if bound.alibi_slopes is not None else None
         sinks = to_float(bound.sink_logits, self.compute) if bound.sink_logits is not None else None
+        bias = to_float(bound.bias, self.compute) if bound.bias is not None else None
         rounding = None
         if self.emulate_dtype and desc.dtype not in ("f32", "f64"):
             low = "bf16" if desc.is_fp8 else desc.dtype
@@ -50,9 +51,10 @@ class ReferenceExecutor:
             seq_slopes = None
             if slopes is not None:
                 seq_slopes = slopes if slopes.ndim == 1 else slopes[span.index]
+            seq_bias = None if bias is None else bias[span.index if bias.shape[0] > 1 else 0]
             yield span, SequenceInputs(span.index, xp.ascontiguousarray(q_view(desc, q, span)),
                                        kv_view(desc, k, span), kv_view(desc, v, span), seq_slopes, sinks,
-                                       rounding)
+                                       seq_bias, rounding)
 
     def _descaled(self, t, descale):
         values = to_float(t, self.compute)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import attrs
-import numpy as np
 
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.masking import alignment_offset, visible
@@ -30,6 +29,7 @@ class SequenceInputs:
     v: object
     slopes: Optional[object] = None       # [Hq]
     sinks: Optional[object] = None        # [Hq]
+    bias: Optional[object] = None         # [Hq or 1, Sq, Skv], added to the scores
     # Rounds the operands of the second matmuls (P before P@V, dS before dS@K) the way a
     # low-precision kernel stores them; None keeps full precision.
     rounding: Optional[Callable] = None
@@ -76,6 +76,9 @@ def chunk_probabilities(desc, seq: SequenceInputs, start: int, stop: int, seed: 
     if desc.alibi:
         distance = xp.abs(rows[:, None] + alignment_offset(desc, seqlen_q, seqlen_kv) - cols[None, :])
         scores = scores - seq.slopes.reshape(heads_kv, group, 1, 1) * distance.astype(scores.dtype)
+    if seq.bias is not None:
+        bias = seq.bias[:, start:stop]
+        scores = scores + (bias.reshape(heads_kv, group, stop - start, seqlen_kv) if bias.shape[0] > 1 else bias)
     mask = visible(desc, rows, cols, seqlen_q, seqlen_kv, xp)
     scores = xp.where(mask, scores, -xp.inf)
     row_max = scores.max(axis=-1) if seqlen_kv else xp.full(scores.shape[:-1], -xp.inf)
