@@ -16,7 +16,7 @@ from attnplan.backends.nvrtc.backend import NvrtcBackend
 from attnplan.bench.contenders import prepare_plan
 from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved, time_launches
 from attnplan.bench.problems import standard_problem
-from attnplan.bench.runner import _input_sets, _reference, _reference_grads, device_description, spot_check
+from attnplan.bench.runner import _input_sets, _reference, device_description, reference_targets
 from attnplan.device import default_device
 from attnplan.plan import Plan
 
@@ -33,12 +33,7 @@ def backward_sweep(head_dims, seqlens, device, rows: list) -> None:
                 problem = standard_problem("bf16", head_dim, seqlen, causal, "backward")
                 desc = problem.descriptor()
                 sets = _input_sets(desc, device, 0)
-                fixed = []
-                for s in sets:
-                    out, lse = _reference(desc, s, desc.out_dtype)
-                    fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
-                check_desc, select = spot_check(desc) or (desc, lambda values: values)
-                want = _reference_grads(check_desc, select(sets[0]), select(fixed[0]))
+                fixed, want, select = reference_targets(desc, sets)
                 timed = []
                 for cfg in BACKWARD_CONFIGS:
                     config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))

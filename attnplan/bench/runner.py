@@ -98,6 +98,21 @@ def spot_check(desc):
     return sub, select
 
 
+def reference_targets(desc, sets: list[dict]):
+    """(fixed, want, select) of a problem's input sets: per set the backward's out / lse / dout from
+    the reference (taken out of the sets; empty for the forward), the float32 reference answer on the
+    checked slice, and the function that cuts that slice from a contender's outputs."""
+    spot = spot_check(desc)
+    check_desc, select = spot if spot else (desc, lambda values: values)
+    if desc.direction == "forward":
+        return [{} for _ in sets], {"out": _reference(check_desc, select(sets[0]), "f32")[0]}, select
+    fixed = []
+    for s in sets:
+        out, lse = _reference(desc, s, desc.out_dtype)
+        fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
+    return fixed, _reference_grads(check_desc, select(sets[0]), select(fixed[0])), select
+
+
 def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = None, peer_names=None,
               repeats: int = 20, warmup: int = 3, seed: int = 0, include_reference: bool = False,
               on_row: Optional[Callable[[dict], None]] = None,
@@ -121,17 +136,7 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
     for problem in problems:
         desc = problem.descriptor()
         sets = _input_sets(desc, device, seed)
-        spot = spot_check(desc)
-        check_desc, select = spot if spot else (desc, lambda values: values)
-        if desc.direction == "forward":
-            fixed = [{} for _ in sets]
-            want = {"out": _reference(check_desc, select(sets[0]), "f32")[0]}
-        else:
-            fixed = []
-            for s in sets:
-                out, lse = _reference(desc, s, desc.out_dtype)
-                fixed.append({"out": out, "lse": lse, "dout": s.pop("dout")})
-            want = _reference_grads(check_desc, select(sets[0]), select(fixed[0]))
+        fixed, want, select = reference_targets(desc, sets)
         contenders = []
         for verdict in explain(desc, device):
             if backends is not None and verdict.backend not in backends:
