@@ -6,7 +6,6 @@ from attnplan.arguments import BoundArguments
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.errors import InvalidArguments
 from attnplan.interop import Tensor
-from attnplan.layout_cache import LayoutCache
 from attnplan.philox import dropout_threshold
 
 
@@ -31,10 +30,9 @@ def check_vector_pointers(tensors: dict) -> None:
             raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
 
 
-def check_vector_access(tensors: dict, signature, strides_checked: LayoutCache) -> None:
-    """Both checks; the stride check once per argument signature."""
+def check_vector_access(tensors: dict) -> None:
     check_vector_pointers(tensors)
-    strides_checked.get(signature, check_vector_strides, tensors)
+    check_vector_strides(tensors)
 
 
 def _pointer(t) -> int:
