@@ -21,8 +21,8 @@ from attnplan.device import default_device
 from attnplan.plan import Plan
 
 CONFIGS = [(128, 128, 4), (128, 64, 4), (64, 128, 4), (64, 64, 4), (128, 128, 8), (128, 64, 8)]
-# (block_m, block_n, num_warps, stages) of attn_bwd_kernel; block_n 64 with 8 warps is dsplit 2.
-BACKWARD_CONFIGS = [(64, 128, 8, 2), (128, 128, 8, 2), (128, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2)]
+# (block_m, block_n, num_warps, stages) of attn_bwd_kernel: block_n / (num_warps / 2) keys (16 or 32) per warp pair.
+BACKWARD_CONFIGS = [(64, 128, 8, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 64, 8, 2), (64, 64, 4, 2)]
 
 
 def backward_sweep(head_dims, seqlens, device, rows: list) -> None:

@@ -42,7 +42,7 @@ class Generation:
 
 def _sm80_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
     if desc.direction == "backward":
-        cfg = sm80_tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch, desc.deterministic)
+        cfg = sm80_tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch)
     else:
         cfg = sm80_tiles.tile_config(desc.head_dim, desc.head_dim_v, arch)
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
@@ -58,8 +58,7 @@ def _sm80_dq_tiles(desc: AttentionDescriptor, arch: int) -> Optional[TileConfig]
 def _sm80_stages(desc: AttentionDescriptor, arch: int, tiles: TileConfig) -> int:
     if desc.direction != "backward":
         return 1
-    return sm80_tiles.backward_stages(desc.head_dim, desc.head_dim_v, tiles.block_m, tiles.block_n, tiles.num_warps,
-                                      arch, desc.deterministic)
+    return sm80_tiles.backward_stages(desc.head_dim, desc.head_dim_v, tiles.block_m, tiles.block_n, arch)
 
 
 SM80 = Generation(
@@ -127,6 +126,8 @@ class NvrtcBackend(Backend):
         dq_tiles = generation.choose_dq_tiles(desc, device.arch)
         if config:
             tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
+            if desc.direction == "backward":
+                sm80_tiles.check_backward_tile(tiles.block_m, tiles.block_n, tiles.num_warps)
             if dq_tiles is not None and "dq_block_m" in config:
                 dq_tiles = TileConfig(int(config["dq_block_m"]), int(config["dq_block_n"]), int(config["dq_num_warps"]))
         stages = generation.choose_stages(desc, device.arch, tiles)
@@ -159,7 +160,7 @@ class NvrtcBackend(Backend):
         cubin, _ = compiler.compile_key(key)
         t = key.tiles
         shared = sm80_tiles.backward_shared_memory_bytes(desc.head_dim, desc.head_dim_v, t.block_m, t.block_n,
-                                                         t.num_warps, desc.deterministic, key.stages)
+                                                         key.stages)
         config = {**t.as_dict(), "stages": key.stages, "shared_memory_bytes": shared}
         dq_shared = 0
         if key.dq_tiles is not None:

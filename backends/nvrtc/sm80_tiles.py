@@ -77,9 +77,10 @@ def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, in
 # -- backward (kernels/sm80/bwd.cu) ------------------------------------------------------------
 #
 # attn_bwd_kernel: grid = (ceil(seqlen_kv / block_n), heads_kv, batch), block = num_warps * 32,
-# dynamic shared memory = backward_shared_memory_bytes(...).  Each warp owns 16 keys; num_warps is
-# block_n / 16 (dsplit 1: dK, dV, P and dS of a warp's keys in its registers) or twice that (dsplit 2,
-# for head dims above 128: two warps share 16 keys and split the dK / dV columns).
+# dynamic shared memory = backward_shared_memory_bytes(...).  Pairs of warps own slabs of
+# block_n / (num_warps / 2) keys (16 or 32; check_backward_tile): one warp of a pair computes S^T and
+# dP^T for half of the query rows, the other for the other half, and each keeps half of the dK / dV
+# columns, with P^T and dS^T exchanged through shared memory.
 # attn_bwd_dq_kernel (deterministic only): grid = (ceil(seqlen_q / block_m), heads_q, batch) with the
 # dq tile below.  Preprocess and convert kernels: grid = (ceil(seqlen_q / 64), heads_q, batch), 128
 # threads, no dynamic shared memory.
@@ -96,19 +97,12 @@ AUX_ROWS = 64          # rows per CTA of the preprocess and convert kernels
 AUX_THREADS = 128
 
 
-def backward_dsplit(block_n: int, num_warps: int) -> int:
-    return num_warps // (block_n // 16)
-
-
-def backward_shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, num_warps: int,
-                                 deterministic: bool = False, stages: int = 1, dtype_bytes: int = 2) -> int:
+def backward_shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, stages: int = 1,
+                                 dtype_bytes: int = 2) -> int:
     """K, V (block_n rows), `stages` buffers of Q, dO (block_m rows) and of block_m fp32 LSE and
-    delta values, dS^T (unless deterministic with dsplit 1) and P^T (dsplit 2): bwd.cu kv::kSmemBytes."""
-    dsplit = backward_dsplit(block_n, num_warps)
-    qk, v = _row_stride(_round_up(head_dim, 16 * dsplit)), _row_stride(_round_up(head_dim_v, 16 * dsplit))
-    s = _row_stride(block_m)
-    tiles = (block_n + stages * block_m) * (qk + v)
-    tiles += block_n * s * (int(not deterministic or dsplit == 2) + int(dsplit == 2))
+    delta values, P^T and dS^T (block_n x block_m): bwd.cu kv::kSmemBytes."""
+    qk, v = _row_stride(_round_up(head_dim, 32)), _row_stride(_round_up(head_dim_v, 32))
+    tiles = (block_n + stages * block_m) * (qk + v) + 2 * block_n * _row_stride(block_m)
     return tiles * dtype_bytes + stages * 2 * block_m * 4
 
 
@@ -124,16 +118,24 @@ def _check_dims(head_dim: int, head_dim_v: int) -> None:
             raise ValueError(f"head dim {dim}: must be a multiple of 8 in [8, 256]")
 
 
-def backward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, num_warps: int, arch: int,
-                    deterministic: bool = False) -> int:
+def check_backward_tile(block_m: int, block_n: int, num_warps: int) -> None:
+    """ValueError unless attn_bwd_kernel can be built with this tile (bwd.cu kv:: static_asserts)."""
+    slabs = num_warps // 2
+    if num_warps % 2 or not slabs or block_n % slabs or block_n // slabs not in (16, 32):
+        raise ValueError(f"backward tile block_n={block_n}, num_warps={num_warps}: num_warps must be even and "
+                         f"block_n / (num_warps / 2) must be 16 or 32")
+    if block_m % 32:
+        raise ValueError(f"backward tile block_m={block_m}: must be a multiple of 32")
+
+
+def backward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, arch: int) -> int:
     """2 (double-buffered query-side tiles) when that fits sm_`arch`'s shared memory, else 1."""
     limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    fits = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, num_warps, deterministic, 2) <= limit
+    fits = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit
     return 2 if fits else 1
 
 
-def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80,
-                         deterministic: bool = False) -> dict:
+def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
     """{block_m, block_n, num_warps, stages, smem_bytes} of attn_bwd_kernel on sm_`arch`: the preferred
     tile double-buffered, else single-buffered, else the fallbacks likewise."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
@@ -143,8 +145,7 @@ def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int
     limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
     for block_m, block_n, num_warps in (preferred, *_BWD_FALLBACKS[key]):
         for stages in (2, 1):
-            smem = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, num_warps, deterministic,
-                                                stages)
+            smem = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, stages)
             if smem <= limit:
                 return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "stages": stages,
                         "smem_bytes": smem}

@@ -22,13 +22,17 @@ __device__ __forceinline__ void cp_async_4(unsigned smem_addr, const void* gmem,
                :: "r"(smem_addr), "l"(gmem), "r"(src_bytes) : "memory");
 }
 
-// Two fp32 atomic adds to consecutive, 8-byte aligned addresses (one vector reduction on sm_90).
-__device__ __forceinline__ void atomic_add2(float* addr, float a, float b) {
+// Two fp32 atomic adds to consecutive, 8-byte aligned addresses when `pred` holds (one predicated
+// vector reduction on sm_90, no branch).
+__device__ __forceinline__ void atomic_add2_if(bool pred, float* addr, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(addr), "f"(a), "f"(b) : "memory");
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.v2.f32 [%0], {%1, %2};\n}\n"
+               :: "l"(addr), "f"(a), "f"(b), "r"(static_cast<int>(pred)) : "memory");
 #else
-  atomicAdd(addr, a);
-  atomicAdd(addr + 1, b);
+  if (pred) {
+    atomicAdd(addr, a);
+    atomicAdd(addr + 1, b);
+  }
 #endif
 }
 

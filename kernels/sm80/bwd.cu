@@ -200,20 +200,20 @@ constexpr int kBlockM = BLOCK_M;  // query rows per step
 constexpr int kBlockN = BLOCK_N;  // keys per CTA
 constexpr int kNumWarps = NUM_WARPS;
 constexpr int kThreads = kNumWarps * 32;
-constexpr int kKeyGroups = kBlockN / 16;          // 16-key slabs, one per warp (or warp pair)
-constexpr int kDSplit = kNumWarps / kKeyGroups;   // warps sharing a slab
-static_assert(kBlockN % 16 == 0 && kKeyGroups * kDSplit == kNumWarps && (kDSplit == 1 || kDSplit == 2),
-              "NUM_WARPS = BLOCK_N / 16 (each warp owns 16 keys) or twice that (two warps per 16 keys)");
+constexpr int kDSplit = 2;                         // warps sharing a key slab
+constexpr int kKeyGroups = kNumWarps / kDSplit;    // key slabs
+constexpr int kKeyRows = kBlockN / kKeyGroups;     // keys per slab
+constexpr int kKeyMT = kKeyRows / 16;              // m16 tiles of S^T per warp
+static_assert(kNumWarps % kDSplit == 0 && kBlockN % kKeyGroups == 0 && (kKeyRows == 16 || kKeyRows == 32),
+              "BLOCK_N / (NUM_WARPS / 2): 16 or 32 keys per pair of warps");
 constexpr int kDimQK = round_up(kHeadDim, 16 * kDSplit);  // padding columns hold zeros
 constexpr int kDimV = round_up(kHeadDimV, 16 * kDSplit);
 constexpr int kQCols = kBlockM / kDSplit;    // query columns of S^T per warp
-static_assert(kQCols % 16 == 0, "BLOCK_M / DSPLIT: a multiple of 16");
+static_assert(kQCols % 16 == 0, "BLOCK_M / 2: a multiple of 16");
 constexpr int kNT = kQCols / 8;              // n8 tiles of S^T per warp
-constexpr int kKS = kQCols / 16;             // k16 steps of dV / dK with A in registers
+constexpr int kKS = kQCols / 16;             // k16 steps of the packed P^T / dS^T fragments
 constexpr int kKTiles = kDimQK / 8 / kDSplit;  // n8 tiles of dK per warp
 constexpr int kVTiles = kDimV / 8 / kDSplit;   // n8 tiles of dV per warp
-constexpr bool kPInSmem = kDSplit == 2;
-constexpr bool kDsInSmem = !IS_DETERMINISTIC || kDSplit == 2;
 constexpr int kStages = KV_STAGES;  // buffers of the query-side tiles (2: the next step loads during this one)
 static_assert(kStages == 1 || kStages == 2, "KV_STAGES: 1 or 2");
 
@@ -226,20 +226,21 @@ constexpr int kSmemV = kBlockN * LayoutV::kStride;
 constexpr int kSmemQ = kBlockM * LayoutQK::kStride;
 constexpr int kSmemDO = kBlockM * LayoutV::kStride;
 constexpr int kSmemS = kBlockN * LayoutS::kStride;
-constexpr int kSmemElems = kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + (kDsInSmem ? kSmemS : 0) +
-                           (kPInSmem ? kSmemS : 0);
+constexpr int kSmemElems = kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemS;
 constexpr int kSmemBytes = kSmemElems * kElemBytes + kStages * 2 * kBlockM * 4;  // + lse and delta rows (fp32)
 #ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:backward_shared_memory_bytes
 static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.backward_shared_memory_bytes disagrees");
 #endif
 
-// dQ from this CTA's dS: units of (16 query rows) x (kDGroup pairs of n8 dims), spread over warps.
+// dQ from this CTA's dS: units of kDqMT m16 tiles of query rows x kDGroup n16 pairs of head dims,
+// spread over the warps; 2 x 2 units load 4 fragments per 8 mma (1 x 4 units: 5).
 constexpr int kMq = kBlockM / 16;
 constexpr int kDPairs = round_up(kHeadDim, 16) / 16;
-constexpr int kDGroupWant = kDPairs * kMq / kNumWarps;
-constexpr int kDGroup = kDGroupWant < 1 ? 1 : (kDGroupWant > 4 ? 4 : (kDGroupWant > kDPairs ? kDPairs : kDGroupWant));
+constexpr int kDqMT = kMq % 2 == 0 ? 2 : 1;
+constexpr int kDGroupWant = kDPairs * kMq / (kNumWarps * kDqMT);
+constexpr int kDGroup = kDGroupWant < 1 ? 1 : (kDGroupWant > 2 ? 2 : (kDGroupWant > kDPairs ? kDPairs : kDGroupWant));
 constexpr int kDGroups = ceil_div(kDPairs, kDGroup);
-constexpr int kDqUnits = kMq * kDGroups;
+constexpr int kDqUnits = kMq / kDqMT * kDGroups;
 
 // Keep bits of the 4 elements of each S^T tile (rows = keys g, g+8; columns = queries 2t, 2t+1).
 // The four threads with the same (g / 4, t) hold keys of the same two 4-key Philox groups at the
@@ -337,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int key_group = warp % kKeyGroups, half = warp / kKeyGroups;
-  const int key_row0 = key_group * 16;     // this warp's first key within the tile
+  const int key_row0 = key_group * kKeyRows;  // this warp's first key within the tile
   const int q_col0 = half * kQCols;        // this warp's first query column within a query tile
   const int g = lane >> 2, t = lane & 3;
   const int group = static_cast<int>(p.heads_q / p.heads_kv);
@@ -355,8 +356,8 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
   elem_t* smem_q = smem_v + kSmemV;
   elem_t* smem_do = smem_q + kStages * kSmemQ;
   elem_t* smem_ds = smem_do + kStages * kSmemDO;
-  elem_t* smem_p = smem_ds + (kDsInSmem ? kSmemS : 0);
-  float* smem_rows = reinterpret_cast<float*>(smem_p + (kPInSmem ? kSmemS : 0));  // [stage][lse | delta][kBlockM]
+  elem_t* smem_p = smem_ds + kSmemS;
+  float* smem_rows = reinterpret_cast<float*>(smem_p + kSmemS);  // [stage][lse | delta][kBlockM]
   const unsigned k_u32 = smem_u32(smem_k), v_u32 = smem_u32(smem_v);
   const unsigned ds_u32 = smem_u32(smem_ds), p_u32 = smem_u32(smem_p);
 
@@ -398,7 +399,7 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
   if (num_steps > 0) load_step(0, 0);
   cp_async_commit();
 
-  float acc_dk[1][kKTiles][4], acc_dv[1][kVTiles][4];
+  float acc_dk[kKeyMT][kKTiles][4], acc_dv[kKeyMT][kVTiles][4];
   zero(acc_dk);
   zero(acc_dv);
   const float scale_l2 = static_cast<float>(p.scale) * kLog2e;
@@ -425,19 +426,21 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
       cp_async_commit();
     }
 
-    // dP^T = V dO^T and S^T = K Q^T for this warp's 16 keys x kQCols queries.
-    float dpt[1][kNT][4], st[1][kNT][4];
+    // dP^T = V dO^T and S^T = K Q^T for this warp's keys x kQCols queries.
+    float dpt[kKeyMT][kNT][4], st[kKeyMT][kNT][4];
     zero(dpt);
-    gemm_ss<1, kNT, kDimV / 16>(dpt, AFromRows<LayoutV>(v_u32, key_row0, lane),
-                                BFromRows<LayoutV>(do_u32, q_col0, lane));
+    gemm_ss<kKeyMT, kNT, kDimV / 16>(dpt, AFromRows<LayoutV>(v_u32, key_row0, lane),
+                                     BFromRows<LayoutV>(do_u32, q_col0, lane));
     zero(st);
-    gemm_ss<1, kNT, kDimQK / 16>(st, AFromRows<LayoutQK>(k_u32, key_row0, lane),
-                                 BFromRows<LayoutQK>(q_u32, q_col0, lane));
+    gemm_ss<kKeyMT, kNT, kDimQK / 16>(st, AFromRows<LayoutQK>(k_u32, key_row0, lane),
+                                      BFromRows<LayoutQK>(q_u32, q_col0, lane));
 
 #if HAS_DROPOUT
-    unsigned keep_bits[kNT];
-    dropout_bits_t(keep_bits, drop, static_cast<unsigned>(b), static_cast<unsigned>(h), n0 + key_row0, m0 + q_col0,
-                   lane);
+    unsigned keep_bits[kKeyMT][kNT];
+#pragma unroll
+    for (int mt = 0; mt < kKeyMT; ++mt)
+      dropout_bits_t(keep_bits[mt], drop, static_cast<unsigned>(b), static_cast<unsigned>(h),
+                     n0 + key_row0 + 16 * mt, m0 + q_col0, lane);
 #endif
     // Elementwise: S^T -> P^T * Z (into st), dS^T (into dpt).
 #pragma unroll
@@ -446,50 +449,48 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
       const float lse_pair[2] = {lse_log2(smem_lse[qc]), lse_log2(smem_lse[qc + 1])};
       const float delta_pair[2] = {smem_delta[qc], smem_delta[qc + 1]};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int query = m0 + qc + (e & 1);
-        const int key = n0 + key_row0 + g + 8 * (e >> 1);
-        float dsoft = 1.f;
-        float x = st[0][nt][e];
-        if constexpr (kScoresInLog2) x = mods.apply(x, query, key, mask.off, dsoft);
-        if (needs_mask && !visible(query, key, mask)) x = neg_inf();
-        bool keep = true;
+      for (int mt = 0; mt < kKeyMT; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int query = m0 + qc + (e & 1);
+          const int key = n0 + key_row0 + 16 * mt + g + 8 * (e >> 1);
+          float dsoft = 1.f;
+          float x = st[mt][nt][e];
+          if constexpr (kScoresInLog2) x = mods.apply(x, query, key, mask.off, dsoft);
+          if (needs_mask && !visible(query, key, mask)) x = neg_inf();
+          bool keep = true;
 #if HAS_DROPOUT
-        keep = (keep_bits[nt] >> e) & 1u;
-        const float dscale = drop.scale;
+          keep = (keep_bits[mt][nt] >> e) & 1u;
+          const float dscale = drop.scale;
 #else
-        const float dscale = 1.f;
+          const float dscale = 1.f;
 #endif
-        float pz;
-        dpt[0][nt][e] = grad_score(x, dpt[0][nt][e], lse_pair[e & 1], delta_pair[e & 1], dsoft, keep, dscale,
-                                   scale_l2, pz);
-        st[0][nt][e] = pz;
+          float pz;
+          dpt[mt][nt][e] = grad_score(x, dpt[mt][nt][e], lse_pair[e & 1], delta_pair[e & 1], dsoft, keep, dscale,
+                                      scale_l2, pz);
+          st[mt][nt][e] = pz;
+        }
+    }
+    {
+      // The two warps of a slab hold halves of its query columns: both go through shared memory.
+      unsigned pf[kKeyMT][kKS][4], dsf[kKeyMT][kKS][4];
+      pack_a(st, pf);
+      pack_a(dpt, dsf);
+#pragma unroll
+      for (int mt = 0; mt < kKeyMT; ++mt) {
+        store_a_frags<LayoutS, kKS>(smem_p, pf[mt], key_row0 + 16 * mt, q_col0, lane);
+        store_a_frags<LayoutS, kKS>(smem_ds, dsf[mt], key_row0 + 16 * mt, q_col0, lane);
       }
     }
-    unsigned pf[1][kKS][4], dsf[1][kKS][4];
-    pack_a(st, pf);
-    pack_a(dpt, dsf);
-
-    if constexpr (kPInSmem) {
-      // Two warps share these keys: exchange the query halves through shared memory.
-      store_a_frags<LayoutS, kKS>(smem_p, pf[0], key_row0, q_col0, lane);
-      store_a_frags<LayoutS, kKS>(smem_ds, dsf[0], key_row0, q_col0, lane);
-      __syncthreads();
-      gemm_ss<1, kVTiles, kBlockM / 16>(acc_dv, AFromRows<LayoutS>(p_u32, key_row0, lane),
-                                        BFromCols<LayoutV>(do_u32, 0, lane, half * kVTiles / 2));
-      gemm_ss<1, kKTiles, kBlockM / 16>(acc_dk, AFromRows<LayoutS>(ds_u32, key_row0, lane),
-                                        BFromCols<LayoutQK>(q_u32, 0, lane, half * kKTiles / 2));
-    } else {
-      if constexpr (kDsInSmem) store_a_frags<LayoutS, kKS>(smem_ds, dsf[0], key_row0, q_col0, lane);
-      gemm_rs<1, kVTiles, kKS>(acc_dv, pf, BFromCols<LayoutV>(do_u32, 0, lane));
-      gemm_rs<1, kKTiles, kKS>(acc_dk, dsf, BFromCols<LayoutQK>(q_u32, 0, lane));
-    }
+    __syncthreads();  // P^T and dS^T are complete
+    gemm_ss<kKeyMT, kVTiles, kBlockM / 16>(acc_dv, AFromRows<LayoutS>(p_u32, key_row0, lane),
+                                           BFromCols<LayoutV>(do_u32, 0, lane, half * kVTiles / 2));
+    gemm_ss<kKeyMT, kKTiles, kBlockM / 16>(acc_dk, AFromRows<LayoutS>(ds_u32, key_row0, lane),
+                                           BFromCols<LayoutQK>(q_u32, 0, lane, half * kKTiles / 2));
     if constexpr (kStages == 1) {
-      __syncthreads();  // every warp is done with Q, dO, LSE, delta; dS^T is complete
+      __syncthreads();  // every warp is done with Q, dO, LSE, delta
       if (step + 1 < num_steps) load_step(step + 1, 0);
       cp_async_commit();
-    } else if constexpr (!IS_DETERMINISTIC && !kPInSmem) {
-      __syncthreads();  // dS^T is complete for the dQ step
     }
 
 #if !IS_DETERMINISTIC
@@ -500,34 +501,40 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
       const AFromCols<LayoutS> a_src(ds_u32, 0, lane);
       const BFromCols<LayoutQK> b_src(k_u32, 0, lane);
       for (int u = warp; u < kDqUnits; u += kNumWarps) {
-        const int mq = u / kDGroups, dg = u % kDGroups;
-        float acc[kDGroup * 2][4];
-#pragma unroll
-        for (int i = 0; i < kDGroup * 2; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[i][e] = 0.f;
+        const int mq0 = u / kDGroups * kDqMT, dg = u % kDGroups;
+        float acc[kDqMT][kDGroup * 2][4];
+        zero(acc);
 #pragma unroll
         for (int ks = 0; ks < kBlockN / 16; ++ks) {
-          unsigned a[4];
-          a_src.load(a, ks, mq * 16);
+          unsigned a[kDqMT][4];
+#pragma unroll
+          for (int mt = 0; mt < kDqMT; ++mt) a_src.load(a[mt], ks, (mq0 + mt) * 16);
 #pragma unroll
           for (int j = 0; j < kDGroup; ++j) {
             const int np = dg * kDGroup + j;
             if (kDPairs % kDGroup == 0 || np < kDPairs) {
               unsigned bb[4];
               b_src.load(bb, ks, np);
-              mma_16816(acc[2 * j], a, bb[0], bb[1]);
-              mma_16816(acc[2 * j + 1], a, bb[2], bb[3]);
+#pragma unroll
+              for (int mt = 0; mt < kDqMT; ++mt) {
+                mma_16816(acc[mt][2 * j], a[mt], bb[0], bb[1]);
+                mma_16816(acc[mt][2 * j + 1], a[mt], bb[2], bb[3]);
+              }
             }
           }
         }
-        const int row = m0 + mq * 16 + g;
 #pragma unroll
-        for (int i = 0; i < kDGroup * 2; ++i) {
-          const int col = (dg * kDGroup) * 16 + i * 8 + 2 * t;
-          if (col < kHeadDim) {
-            if (row < seq.seqlen_q) atomic_add2(dqa + row * p.dqa_row_stride + col, acc[i][0], acc[i][1]);
-            if (row + 8 < seq.seqlen_q) atomic_add2(dqa + (row + 8) * p.dqa_row_stride + col, acc[i][2], acc[i][3]);
+        for (int mt = 0; mt < kDqMT; ++mt) {
+          const int row = m0 + (mq0 + mt) * 16 + g;
+          float* row_g = dqa + row * p.dqa_row_stride;
+          float* row_g8 = row_g + 8 * p.dqa_row_stride;
+#pragma unroll
+          for (int i = 0; i < kDGroup * 2; ++i) {
+            const int col = (dg * kDGroup) * 16 + i * 8 + 2 * t;
+            if (kHeadDim % 16 == 0 || col < kHeadDim) {
+              atomic_add2_if(row < seq.seqlen_q, row_g + col, acc[mt][i][0], acc[mt][i][1]);
+              atomic_add2_if(row + 8 < seq.seqlen_q, row_g8 + col, acc[mt][i][2], acc[mt][i][3]);
+            }
           }
         }
       }
@@ -538,8 +545,12 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
   // Epilogue: dK (times scale) and dV through shared memory (the K and V tiles), 16-byte stores.
   cp_async_wait<0>();
   __syncthreads();
-  store_c_frags<LayoutQK, kKTiles>(smem_k, acc_dk[0], static_cast<float>(p.scale), key_row0, half * kKTiles, lane);
-  store_c_frags<LayoutV, kVTiles>(smem_v, acc_dv[0], 1.f, key_row0, half * kVTiles, lane);
+#pragma unroll
+  for (int mt = 0; mt < kKeyMT; ++mt) {
+    store_c_frags<LayoutQK, kKTiles>(smem_k, acc_dk[mt], static_cast<float>(p.scale), key_row0 + 16 * mt,
+                                     half * kKTiles, lane);
+    store_c_frags<LayoutV, kVTiles>(smem_v, acc_dv[mt], 1.f, key_row0 + 16 * mt, half * kVTiles, lane);
+  }
   __syncthreads();
   elem_t* dk = seq_base<elem_t>(p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, b, hkv, seq.kv_start);
   elem_t* dv = seq_base<elem_t>(p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, b, hkv, seq.kv_start);
