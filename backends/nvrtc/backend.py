@@ -144,11 +144,14 @@ class NvrtcBackend(Backend):
         if desc.direction == "backward":
             return self._build_backward(desc, device, key)
         cubin, _ = compiler.compile_key(key)
-        shared = sm80_tiles.shared_memory_bytes(desc.head_dim, desc.head_dim_v, key.tiles.block_m, key.tiles.block_n)
+        shared = sm80_tiles.shared_memory_bytes(desc.head_dim, desc.head_dim_v, key.tiles.block_m, key.tiles.block_n,
+                                                key.stages)
+        sm80_tiles.check_fits(shared, device.arch, key.name)
         precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=True,
                                        bit_stable=True)
         sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
-                        precision=precision, config={**key.tiles.as_dict(), "shared_memory_bytes": shared},
+                        precision=precision,
+                        config={**key.tiles.as_dict(), "stages": key.stages, "shared_memory_bytes": shared},
                         workspace_bytes=0,
                         versions={"attnplan": attnplan.__version__, **self.library_versions()},
                         notes="forward: one CTA per (query tile, head, batch); no atomics")
@@ -161,11 +164,13 @@ class NvrtcBackend(Backend):
         t = key.tiles
         shared = sm80_tiles.backward_shared_memory_bytes(desc.head_dim, desc.head_dim_v, t.block_m, t.block_n,
                                                          key.stages)
+        sm80_tiles.check_fits(shared, device.arch, key.name)
         config = {**t.as_dict(), "stages": key.stages, "shared_memory_bytes": shared}
         dq_shared = 0
         if key.dq_tiles is not None:
             d = key.dq_tiles
             dq_shared = sm80_tiles.dq_shared_memory_bytes(desc.head_dim, desc.head_dim_v, d.block_m, d.block_n)
+            sm80_tiles.check_fits(dq_shared, device.arch, key.name + " (dQ kernel)")
             config.update({"dq_block_m": d.block_m, "dq_block_n": d.block_n, "dq_num_warps": d.num_warps,
                            "dq_shared_memory_bytes": dq_shared})
         runner = BackwardRunner(desc, key, cubin, shared, dq_shared, device)

@@ -54,7 +54,8 @@ class DispatchKey:
     deterministic: bool = False
     # The deterministic backward's dQ kernel tile; None otherwise.
     dq_tiles: Optional[TileConfig] = None
-    # Buffers of the backward's query-side tiles (2: double-buffered loads); 1 for the forward.
+    # Buffers of the streamed tiles (2: double-buffered loads): the backward's query-side tiles,
+    # the forward's K tile.
     stages: int = 1
 
     @classmethod
@@ -71,7 +72,7 @@ class DispatchKey:
     @property
     def name(self) -> str:
         """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[s<stages>][_<feature>...][_dqm<bm>n<bn>w<warps>]_<arch>
-        (s<stages>: backward with double-buffered query tiles; dqm...: the deterministic dQ kernel's tile)"""
+        (s<stages>: double-buffered query tiles (backward) or K tiles (forward); dqm...: the deterministic dQ kernel's tile)"""
         t = self.tiles
         stages = f"s{self.stages}" if self.stages > 1 else ""
         parts = [f"attn_{self.generation}", "fwd" if self.direction == "forward" else "bwd", self.dtype,
@@ -90,8 +91,7 @@ class DispatchKey:
                   "NUM_WARPS": t.num_warps}
         macros.update({macro: int(getattr(self, field)) for field, macro, _ in _FEATURES
                        if self.direction == "backward" or field != "deterministic"})
-        if self.direction == "backward":
-            macros["KV_STAGES"] = self.stages
+        macros["KV_STAGES"] = self.stages
         if self.dq_tiles is not None:
             macros.update({"DQ_BLOCK_M": self.dq_tiles.block_m, "DQ_BLOCK_N": self.dq_tiles.block_n,
                            "DQ_NUM_WARPS": self.dq_tiles.num_warps})

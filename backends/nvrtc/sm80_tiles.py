@@ -40,10 +40,12 @@ def _row_stride(cols: int) -> int:
     return cols if cols % 64 == 0 else cols + 8
 
 
-def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, dtype_bytes: int = 2) -> int:
-    """Dynamic shared memory of one CTA: Q (or the output tile, whichever is larger) + one K + one V tile."""
+def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, stages: int = 1,
+                        dtype_bytes: int = 2) -> int:
+    """Dynamic shared memory of one CTA: Q (or the output tile, whichever is larger) + `stages` K
+    tiles + one V tile."""
     qk, v = _row_stride(head_dim), _row_stride(head_dim_v)
-    return (block_m * max(qk, v) + block_n * qk + block_n * v) * dtype_bytes
+    return (block_m * max(qk, v) + stages * block_n * qk + block_n * v) * dtype_bytes
 
 
 def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
@@ -67,6 +69,13 @@ def _first_fitting(preferred_by_dim, fallbacks, smem_of, head_dim: int, head_dim
             return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
     raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 {what} fits {limit} bytes of shared memory "
                      f"on sm_{arch}")
+
+
+def check_fits(smem_bytes: int, arch: int, kernel: str) -> None:
+    """ValueError when a (pinned) tile needs more dynamic shared memory than sm_`arch` gives a block."""
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    if smem_bytes > limit:
+        raise ValueError(f"{kernel}: needs {smem_bytes} bytes of shared memory per block; sm_{arch} allows {limit}")
 
 
 def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, int, int]:

@@ -5,7 +5,8 @@
 //   wait K -> start loading V -> S = Q K^T -> score mods, mask -> online softmax -> wait V ->
 //   start loading the next K -> O += P V
 // so the K load overlaps P V and the V load overlaps Q K^T and the softmax (one shared-memory
-// buffer each for Q, K, V).  Q stays in shared memory and is re-read with ldmatrix; S, P and O live
+// buffer each for Q, K, V).  With KV_STAGES = 2 K has two buffers and the next K starts loading
+// with V, overlapping the whole iteration.  Q stays in shared memory and is re-read with ldmatrix; S, P and O live
 // in registers.  The launch contract (grid, strides, varlen, paged KV) is described in
 // backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
 //
@@ -24,6 +25,12 @@
 #include "softmax.cuh"
 
 #include "common/features.cuh"
+#ifndef KV_STAGES
+#define KV_STAGES 1
+#endif
+#ifndef ATTN_MIN_BLOCKS  // resident CTAs per SM asked of ptxas (caps registers); tile experiments only
+#define ATTN_MIN_BLOCKS 1
+#endif
 
 namespace attn {
 namespace sm80 {
@@ -61,7 +68,9 @@ using LayoutV = RowLayout<kDimV>;  // also the output staging tile
 constexpr int kSmemRegion0 = kBlockM * (LayoutQK::kStride > LayoutV::kStride ? LayoutQK::kStride : LayoutV::kStride);
 constexpr int kSmemK = kBlockN * LayoutQK::kStride;
 constexpr int kSmemV = kBlockN * LayoutV::kStride;
-constexpr int kSmemBytes = (kSmemRegion0 + kSmemK + kSmemV) * kElemBytes;
+constexpr int kKStages = KV_STAGES;  // K tile buffers (2: the next K loads during this tile's whole iteration)
+static_assert(kKStages == 1 || kKStages == 2, "KV_STAGES: 1 or 2");
+constexpr int kSmemBytes = (kSmemRegion0 + kKStages * kSmemK + kSmemV) * kElemBytes;
 #ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:shared_memory_bytes
 static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.shared_memory_bytes disagrees with the kernel");
 #endif
@@ -379,17 +388,13 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const float (&o
 // The kernel.  grid = (ceil(max seqlen_q / BLOCK_M), heads_q, batch), block = NUM_WARPS * 32,
 // dynamic shared memory = kSmemBytes (= sm80_tiles.shared_memory_bytes).
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(const FwdParams p) {
+extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) attn_fwd_kernel(const FwdParams p) {
   using namespace attn;
   using namespace attn::sm80;
 
   // Heaviest query tiles first (with causal masking the last tiles see the most keys), so the
   // long CTAs start early and the short ones fill the tail of the wave.
-#ifdef ATTN_M_ORDER_ASCENDING
-  const int m_block = blockIdx.x;
-#else
   const int m_block = gridDim.x - 1 - blockIdx.x;
-#endif
   const int h = blockIdx.y, b = blockIdx.z;
   const Sequence seq = sequence_of(p, b);
   const int m0 = m_block * kBlockM;
@@ -412,7 +417,7 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
   extern __shared__ __align__(128) unsigned char smem_raw[];
   elem_t* smem_q = reinterpret_cast<elem_t*>(smem_raw);  // region 0: Q, later the output tile
   elem_t* smem_k = smem_q + kSmemRegion0;
-  elem_t* smem_v = smem_k + kSmemK;
+  elem_t* smem_v = smem_k + kKStages * kSmemK;
   const unsigned smem_q_u32 = smem_u32(smem_q), smem_k_u32 = smem_u32(smem_k), smem_v_u32 = smem_u32(smem_v);
 
   // Prologue: Q and the first K tile in one cp.async group.
@@ -468,13 +473,20 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
     const int tile = tiles.tile(k);
     const int key0 = tile * kBlockN;
 
+    const int kbuf = kKStages == 2 ? (k & 1) : 0;
     cp_async_wait<0>();  // K (and Q) landed ...
-    __syncthreads();     // ... for every thread, and every warp is done with the previous V
+    __syncthreads();     // ... for every thread, and every warp is done with the previous V (and K)
     load_kv_tile<kHeadDimV, LayoutV>(smem_v, v_addr, key0, seq.seqlen_kv);
     cp_async_commit();
+    if constexpr (kKStages == 2) {
+      if (k + 1 < num_tiles)
+        load_kv_tile<kHeadDim, LayoutQK>(smem_k + (kbuf ^ 1) * kSmemK, k_addr, tiles.tile(k + 1) * kBlockN,
+                                         seq.seqlen_kv);
+      cp_async_commit();  // possibly empty: the wait below always leaves exactly this group pending
+    }
 
     float s[kMTiles][kNTiles][4];
-    gemm_qk(s, smem_q_u32, smem_k_u32, warp_row0, lane);
+    gemm_qk(s, smem_q_u32, smem_k_u32 + kbuf * kSmemK * kElemBytes, warp_row0, lane);
     const int col0 = key0 + col_in_tile;
     if constexpr (kScoresInLog2) mods.apply(s, fr, col0, mask.off);
     if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) apply_mask(s, fr, col0, mask);
@@ -485,9 +497,9 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
     unsigned pf[kMTiles][kKSteps][4];
     pack_p(s, pf);
 
-    cp_async_wait<0>();  // V landed ...
-    __syncthreads();     // ... for every thread, and every warp is done reading K
-    if (k + 1 < num_tiles) {
+    cp_async_wait<kKStages - 1>();  // V landed ...
+    __syncthreads();                // ... for every thread, and every warp is done reading K
+    if (kKStages == 1 && k + 1 < num_tiles) {
       load_kv_tile<kHeadDim, LayoutQK>(smem_k, k_addr, tiles.tile(k + 1) * kBlockN, seq.seqlen_kv);
       cp_async_commit();
     }
