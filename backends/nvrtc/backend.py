@@ -57,7 +57,7 @@ def _sm80_dq_tiles(desc: AttentionDescriptor, arch: int) -> Optional[TileConfig]
 
 def _sm80_stages(desc: AttentionDescriptor, arch: int, tiles: TileConfig) -> int:
     if desc.direction != "backward":
-        return 1
+        return sm80_tiles.forward_stages(desc.head_dim, desc.head_dim_v, tiles.block_m, tiles.block_n, arch)
     return sm80_tiles.backward_stages(desc.head_dim, desc.head_dim_v, tiles.block_m, tiles.block_n, arch)
 
 

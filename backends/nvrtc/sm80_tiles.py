@@ -21,13 +21,16 @@ from __future__ import annotations
 MAX_DYNAMIC_SMEM = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 _SMALLEST_SMEM = 99 * 1024
 
-# (block_m, block_n, num_warps) by max(head_dim, head_dim_v) rounded up to the next key: 4 warps x
-# 32 query rows up to d=128 (S and O fit in registers), 8 warps x 16 rows above it (O alone is d/2
-# floats per thread there).  Measured on an H100 (bench/tile_sweep.py, results in
-# bench/results/2026-11-23-h100-sm80-forward-tiles.json): 128x64 beats 128x128 at d=64 and d=128.
-_PREFERRED = ((64, (128, 64, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
+# (block_m, block_n, num_warps, stages) by max(head_dim, head_dim_v) rounded up to the next key: 4
+# warps x 32 query rows up to d=128 (S and O fit in registers), 8 warps x 16 rows above it (O alone
+# is d/2 floats per thread there); stages = K tile buffers.  Measured on an H100 (bench/tile_sweep.py):
+# single-buffered, 128x64 beat 128x128 at d=64 and d=128 (bench/results/2026-11-23-h100-sm80-forward-
+# tiles.json); with K double-buffered, 128x128 is 8-14% faster at d=64 and 128x64 1-4% faster at d=128
+# (bench/results/2026-11-23-h100-sm80-forward-kbuffers.json).
+_PREFERRED = ((64, (128, 128, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
 # Tried in order when the preferred tile does not fit the arch's shared memory (d=256 on sm_89).
 _FALLBACKS = ((64, 64, 4), (64, 32, 4))
+_DOUBLE_BUFFERED_K_UP_TO = 128  # widest head dim measured faster with two K buffers
 
 
 def _round_up(x: int, m: int) -> int:
@@ -48,12 +51,26 @@ def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: i
     return (block_m * max(qk, v) + stages * block_n * qk + block_n * v) * dtype_bytes
 
 
+def forward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, arch: int) -> int:
+    """K tile buffers of attn_fwd_kernel: 2 up to the measured head dims where they fit sm_`arch`, else 1."""
+    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    double = shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit
+    return 2 if double and max(head_dim, head_dim_v) <= _DOUBLE_BUFFERED_K_UP_TO else 1
+
+
 def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
-    """{block_m, block_n, num_warps, smem_bytes} for the given head dims on sm_`arch` (80, 86, 89, 90 ...)."""
+    """{block_m, block_n, num_warps, stages, smem_bytes} for the given head dims on sm_`arch` (80, 86,
+    89, 90 ...)."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
-    return _first_fitting(_PREFERRED, _FALLBACKS, lambda m, n: shared_memory_bytes(head_dim, head_dim_v, m, n),
-                          head_dim, head_dim_v, arch, "tile")
+
+    def stages(m: int, n: int) -> int:
+        return forward_stages(head_dim, head_dim_v, m, n, arch)
+
+    cfg = _first_fitting(_PREFERRED, _FALLBACKS,
+                         lambda m, n: shared_memory_bytes(head_dim, head_dim_v, m, n, stages(m, n)),
+                         head_dim, head_dim_v, arch, "tile")
+    return {**cfg, "stages": stages(cfg["block_m"], cfg["block_n"])}
 
 
 def _first_fitting(preferred_by_dim, fallbacks, smem_of, head_dim: int, head_dim_v: int, arch: int,

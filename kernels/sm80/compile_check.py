@@ -47,7 +47,7 @@ def compile_one(job: tuple) -> tuple[tuple, bool, str, int]:
     cfg = sm80_tiles.tile_config(head_dim, head_dim_v, arch)
     macros = {"ATTN_DTYPE_BF16": int(bf16), "HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim_v,
               "BLOCK_M": cfg["block_m"], "BLOCK_N": cfg["block_n"], "NUM_WARPS": cfg["num_warps"],
-              "ATTN_EXPECTED_SMEM_BYTES": cfg["smem_bytes"]}
+              "KV_STAGES": cfg["stages"], "ATTN_EXPECTED_SMEM_BYTES": cfg["smem_bytes"]}
     macros.update({name: int(name in features) for name in FEATURES})
     with open(ENTRY, "rb") as f:
         source = params.c_struct("forward").encode() + f.read()
@@ -78,7 +78,7 @@ def describe(job: tuple) -> str:
     arch, bf16, head_dim, head_dim_v, features, _ = job
     cfg = sm80_tiles.tile_config(head_dim, head_dim_v, arch)
     return (f"sm_{arch} {'bf16' if bf16 else 'f16 '} d={head_dim}/{head_dim_v} "
-            f"tile={cfg['block_m']}x{cfg['block_n']}x{cfg['num_warps']}w smem={cfg['smem_bytes']} "
+            f"tile={cfg['block_m']}x{cfg['block_n']}x{cfg['num_warps']}w s{cfg['stages']} smem={cfg['smem_bytes']} "
             f"[{','.join(features) or 'plain'}]")
 
 
