@@ -16,7 +16,7 @@ import numpy as np
 from .descriptor import AttentionDescriptor
 from .dtypes import FP8_DTYPES, lse_dtype
 from .errors import InvalidArguments
-from .interop import READERS as _READERS, Tensor, array_reader, as_host_index, as_tensor
+from .interop import Tensor, array_reader, as_host_index, as_tensor
 
 FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "bias", "sink_logits", "cu_seqlens_q",
                      "cu_seqlens_kv", "block_table", "seqlens_kv", "dropout_seed", "workspace",
@@ -193,7 +193,7 @@ def _read(kwargs: dict):
             parts.append((name, x.dtype, reader(x.data)[0]))
             tensors[name] = x
             continue
-        reader = _READERS.get(kind) or array_reader(kind)
+        reader = array_reader(kind)
         if reader is None:
             return None, None
         facts, tensors[name] = reader(x)
@@ -218,7 +218,7 @@ def bind_arguments(desc: AttentionDescriptor, kwargs: dict, *, check_values: boo
     bound["dropout_seed"] = _check_seed(desc, kwargs.get("dropout_seed"))
     bound["stream"] = kwargs.get("stream")
     bound["signature"] = signature
-    if check_values and (desc.varlen or desc.paged is not None):
+    if check_values:
         check_index_values(desc, bound)
     return BoundArguments(**bound)
 

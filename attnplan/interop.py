@@ -178,13 +178,13 @@ def _read_torch(x) -> tuple:
 
 # Array type -> read(x): (facts, tensor or None).  The facts fix everything the structural checks look
 # at; the tensor, where given, is x borrowed by pointer and layout (else as_tensor makes it).
-READERS: dict = {np.ndarray: _read_numpy}      # filled by array_reader; read directly on the hot path
+_READERS: dict = {np.ndarray: _read_numpy}     # filled by array_reader
 _UNSEEN = object()
 
 
 def array_reader(kind: type) -> Optional[Callable]:
     """How the binding fast path reads arrays of type `kind`, or None (then every call is fully checked)."""
-    reader = READERS.get(kind, _UNSEEN)
+    reader = _READERS.get(kind, _UNSEEN)
     if reader is not _UNSEEN:
         return reader
     module = kind.__module__
@@ -194,7 +194,7 @@ def array_reader(kind: type) -> Optional[Callable]:
         reader = _read_torch
     else:
         reader = None
-    READERS[kind] = reader
+    _READERS[kind] = reader
     return reader
 
 

@@ -82,4 +82,8 @@ def test_layout_cache_keeps_values_per_signature_and_never_caches_none_or_failur
     assert cache.get("b", lambda: make(5)) == 5
     cache.get("c", lambda: make(6))                          # full: cleared, then holds "c"
     assert len(cache) == 1 and made == [1, 3, 4, 5, 6]
-    assert cache.lookup("c") == 6 and cache.lookup("a") is None and cache.lookup(None) is None
+    assert cache.get("c", make, 7) == 6 and cache.get("d", make, 8) == 8 and made[-1] == 8   # make(*args)
+    checks = []
+    cache.get("e", lambda: checks.append(1))                 # a check that passed (None) is kept too
+    cache.get("e", lambda: checks.append(1))
+    assert checks == [1]

@@ -120,7 +120,7 @@ class CudnnRunner:
 
     def check_arguments(self, bound) -> None:
         self.check_alignment((name, getattr(bound, name)) for name in ("q", "k", "v", "out", "dout", "lse", "bias"))
-        self._checked.get(bound.signature, lambda: self._check_layout(bound) or True)
+        self._checked.get(bound.signature, self._check_layout, bound)
 
     def _check_layout(self, bound) -> None:
         if self.desc.layout == "thd":
@@ -208,12 +208,12 @@ class CudnnRunner:
 
     # -- forward ---------------------------------------------------------------------------
 
-    def _prepare(self, device_index: int, tensors: dict, bound, stats: bool, lse) -> _Prepared:
-        built = self._graph(device_index, self._geometry(tensors, bound, stats), "q")
-        desc = self.desc
-        lse_direct = lse is None or (desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides))
-        plain = (lse_direct and not (desc.varlen or desc.paged is not None or desc.dropout_p > 0 or desc.sink_logits)
-                 and all(role in PLAIN_ROLES for role in built.uids))
+    def _prepare(self, device_index: int, bound, out, lse) -> _Prepared:
+        tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": out}
+        built = self._graph(device_index, self._geometry(tensors, bound, lse is not None), "q")
+        lse_direct = lse is None or (self.desc.layout != "thd" and is_c_contiguous(lse.shape, lse.strides))
+        # Lengths, ragged offsets, page tables, dropout seeds and sink logits all add roles of their own.
+        plain = lse_direct and all(role in PLAIN_ROLES for role in built.uids)
         roles = tuple((uid, role) for role, uid in built.uids.items())
         return _Prepared(built, plain, roles)
 
@@ -233,6 +233,9 @@ class CudnnRunner:
                         amax_o=given["amax_o"].ptr if given["amax_o"] is not None else scratch_o)
         return pointers
 
+    def _backward_graph(self, device_index: int, tensors: dict, bound) -> BuiltGraph:
+        return self._graph(device_index, self._geometry(tensors, bound, False), "q")
+
     def forward(self, bound, out, lse) -> None:
         """(Arguments checked by Plan.can_implement through check_arguments.)"""
         import cupy
@@ -241,11 +244,7 @@ class CudnnRunner:
         device_index = bound.q.device_index
         if out is not bound.out or lse is not bound.lse:      # the caller's: checked by check_arguments
             self.check_alignment((("out", out), ("lse", lse)))
-        prepared = self._graphs.lookup(bound.signature)
-        if prepared is None:
-            tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": out}
-            prepared = self._graphs.get(bound.signature, lambda: self._prepare(device_index, tensors, bound,
-                                                                               lse is not None, lse))
+        prepared = self._graphs.get(bound.signature, self._prepare, device_index, bound, out, lse)
         built = prepared.built
         stream = stream_handle(bound.stream, bound.q.origin)
         if prepared.plain:
@@ -294,7 +293,7 @@ class CudnnRunner:
         self.check_alignment((("dq", dq), ("dk", dk), ("dv", dv)))     # the rest: by Plan.can_implement
         tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "o": bound.out, "do": bound.dout,
                    "dq": dq, "dk": dk, "dv": dv}
-        built = self._graphs.get(bound.signature, lambda: self._graph(device_index, self._geometry(tensors, bound, False), "q"))
+        built = self._graphs.get(bound.signature, self._backward_graph, device_index, tensors, bound)
         stream = stream_handle(bound.stream, bound.q.origin)
         keep: list = []
         with on_device(cupy, device_index), on_stream(cupy, stream, device_index):

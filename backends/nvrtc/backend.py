@@ -24,7 +24,8 @@ from attnplan.streams import stream_handle
 from . import compiler, launcher, params, sm80_tiles
 from .backward import BackwardRunner
 from .dispatch import DispatchKey, TileConfig
-from .launch_params import check_vector_pointers, check_vector_strides, layout_values, pointer_values
+from .launch_params import (check_vector_access, check_vector_pointers, check_vector_strides, layout_values,
+                            pointer_values)
 
 
 
@@ -209,16 +210,15 @@ class ForwardRunner:
         return self._kernel
 
     def check_arguments(self, bound) -> None:
-        tensors = {"q": bound.q, "k": bound.k, "v": bound.v, "out": bound.out}
-        self._checked.get(bound.signature, lambda: check_vector_strides(tensors) or True)
-        check_vector_pointers(tensors)
+        check_vector_access({"q": bound.q, "k": bound.k, "v": bound.v, "out": bound.out}, bound.signature,
+                            self._checked)
 
     def _block(self, bound, out, lse) -> params.ParamBlock:
         check_vector_strides({"out": out})          # q, k, v: checked by Plan.can_implement
         return params.ParamBlock("forward", layout_values(self.desc, bound, out, lse), FORWARD_PER_CALL)
 
     def __call__(self, bound, out, lse) -> None:
-        block = self._blocks.get(bound.signature, lambda: self._block(bound, out, lse))
+        block = self._blocks.get(bound.signature, self._block, bound, out, lse)
         check_vector_pointers({"out": out})
         handle = stream_handle(bound.stream, bound.q.origin)
         launcher.launch(self.kernel(), self.grid, block.fill(pointer_values(bound, out, lse)), handle)

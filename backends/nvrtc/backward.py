@@ -30,8 +30,8 @@ from attnplan.streams import stream_handle
 
 from . import launcher, params, sm80_tiles
 from .dispatch import DispatchKey
-from .launch_params import (backward_layout_values, backward_pointer_values, check_vector_pointers,
-                            check_vector_strides, layout_values, pointer_values)
+from .launch_params import (backward_layout_values, backward_pointer_values, check_vector_access,
+                            check_vector_pointers, check_vector_strides, layout_values, pointer_values)
 
 ALIGN = 256
 
@@ -106,9 +106,8 @@ class BackwardRunner:
         return self._kernels[entry]
 
     def check_arguments(self, bound) -> None:
-        tensors = {name: getattr(bound, name) for name in ("q", "k", "v", "out", "dout")}
-        self._checked.get(bound.signature, lambda: check_vector_strides(tensors) or True)
-        check_vector_pointers(tensors)
+        check_vector_access({name: getattr(bound, name) for name in ("q", "k", "v", "out", "dout")}, bound.signature,
+                            self._checked)
         if bound.workspace is not None and bound.workspace.ptr % ALIGN:
             raise InvalidArguments("workspace", f"base address is not {ALIGN}-byte aligned")
 
@@ -127,7 +126,7 @@ class BackwardRunner:
 
         desc = self.desc                 # arguments: checked by Plan.can_implement through check_arguments
         grads = {"dq": dq, "dk": dk, "dv": dv, "dsink_logits": dsink}
-        block = self._blocks.get(bound.signature, lambda: self._block(bound, grads))
+        block = self._blocks.get(bound.signature, self._block, bound, grads)
         check_vector_pointers({"dq": dq, "dk": dk, "dv": dv})
         handle = stream_handle(bound.stream, bound.q.origin)
         total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q

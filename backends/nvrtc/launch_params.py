@@ -6,6 +6,7 @@ from attnplan.arguments import BoundArguments
 from attnplan.descriptor import AttentionDescriptor
 from attnplan.errors import InvalidArguments
 from attnplan.interop import Tensor
+from attnplan.layout_cache import LayoutCache
 from attnplan.philox import dropout_threshold
 
 
@@ -30,9 +31,10 @@ def check_vector_pointers(tensors: dict) -> None:
             raise InvalidArguments(name, f"base address is not {VECTOR_BYTES}-byte aligned (needed by the kernel)")
 
 
-def check_vector_access(tensors: dict) -> None:
+def check_vector_access(tensors: dict, signature, strides_checked: LayoutCache) -> None:
+    """Both checks; the stride check once per argument signature."""
     check_vector_pointers(tensors)
-    check_vector_strides(tensors)
+    strides_checked.get(signature, check_vector_strides, tensors)
 
 
 def _pointer(t) -> int:
