@@ -128,43 +128,52 @@ __device__ __forceinline__ void store_rows(elem_t* dst, long long row_stride, in
 // ldmatrix operand loaders.  g = lane / 4, t = lane % 4; see common/mma_sm80.cuh for the fragments.
 // ---------------------------------------------------------------------------------------------
 
-// A[m][k] stored row-major (rows = m).  Matrices: rows m0..7 / 8..15 x chunks k0 / k0+1 -> a0..a3.
-template <class Layout>
-struct AFromRows {
+// A lane's ldmatrix row address: lanes 8i..8i+7 address matrix i, whose 8 rows start 8 rows lower
+// when bit ROW_BIT of the lane is set and one 16-byte chunk to the right when bit CHUNK_BIT is set.
+template <class Layout, int ROW_BIT, int CHUNK_BIT>
+struct LaneRows {
   unsigned base;
   RowFrag f;
-  __device__ __forceinline__ AFromRows(unsigned smem, int m0, int lane)
-      : base(smem), f(Layout::frag(m0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4)) {}
+  __device__ __forceinline__ LaneRows(unsigned smem, int row0, int lane)
+      : base(smem), f(Layout::frag(row0 + (lane & 7) + ((lane >> ROW_BIT) & 1) * 8, chunk_parity(lane))) {}
+  // lane < 32: bit 4 is the top bit and needs no mask (keeping the mask changes ptxas's allocation).
+  __device__ __forceinline__ static int chunk_parity(int lane) {
+    return CHUNK_BIT == 4 ? lane >> 4 : (lane >> CHUNK_BIT) & 1;
+  }
+  // Shared address of this lane's row `rows_down` rows below, at chunk `even_chunk` (+ its parity).
+  __device__ __forceinline__ unsigned at(int even_chunk, int rows_down) const {
+    return base + (Layout::frag_offset(f, even_chunk) + rows_down * Layout::kStride) * kElemBytes;
+  }
+};
+
+// A[m][k] stored row-major (rows = m).  Matrices: rows m0..7 / 8..15 x chunks k0 / k0+1 -> a0..a3.
+template <class Layout>
+struct AFromRows : LaneRows<Layout, 3, 4> {
+  __device__ __forceinline__ AFromRows(unsigned smem, int m0, int lane) : LaneRows<Layout, 3, 4>(smem, m0, lane) {}
   // k-step ks (16 columns), m-tile mt (16 rows below m0).
   __device__ __forceinline__ void load(unsigned (&a)[4], int ks, int mt = 0) const {
-    ldmatrix_x4(a, base + (Layout::frag_offset(f, 2 * ks) + mt * 16 * Layout::kStride) * kElemBytes);
+    ldmatrix_x4(a, this->at(2 * ks, mt * 16));
   }
 };
 
 // A[m][k] stored transposed, as T[k][m] (rows = k).  a0 = T[k0..7][m0..7]^T, a1 = T[k0..7][m8..15]^T,
 // a2 = T[k8..15][m0..7]^T, a3 = T[k8..15][m8..15]^T.
 template <class Layout>
-struct AFromCols {
-  unsigned base;
-  RowFrag f;
-  __device__ __forceinline__ AFromCols(unsigned smem, int k0, int lane)
-      : base(smem), f(Layout::frag(k0 + (lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1)) {}
+struct AFromCols : LaneRows<Layout, 4, 3> {
+  __device__ __forceinline__ AFromCols(unsigned smem, int k0, int lane) : LaneRows<Layout, 4, 3>(smem, k0, lane) {}
   // k-step ks (16 rows of T below k0), m-tile starting at column m0 (a multiple of 16).
   __device__ __forceinline__ void load(unsigned (&a)[4], int ks, int m0) const {
-    ldmatrix_x4_trans(a, base + (Layout::frag_offset(f, m0 / kElemsPerChunk) + ks * 16 * Layout::kStride) * kElemBytes);
+    ldmatrix_x4_trans(a, this->at(m0 / kElemsPerChunk, ks * 16));
   }
 };
 
 // B[k][n] stored as M[n][k] (rows = n, e.g. K for Q K^T).  One x4 gives b0, b1 of two n8 tiles.
 template <class Layout>
-struct BFromRows {
-  unsigned base;
-  RowFrag f;
-  __device__ __forceinline__ BFromRows(unsigned smem, int n0, int lane)
-      : base(smem), f(Layout::frag(n0 + (lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1)) {}
+struct BFromRows : LaneRows<Layout, 4, 3> {
+  __device__ __forceinline__ BFromRows(unsigned smem, int n0, int lane) : LaneRows<Layout, 4, 3>(smem, n0, lane) {}
   // k-step ks, n-tile pair np (n tiles 2np, 2np+1 below n0): b[0], b[1] and b[2], b[3].
   __device__ __forceinline__ void load(unsigned (&b)[4], int ks, int np) const {
-    ldmatrix_x4(b, base + (Layout::frag_offset(f, 2 * ks) + np * 16 * Layout::kStride) * kElemBytes);
+    ldmatrix_x4(b, this->at(2 * ks, np * 16));
   }
 };
 
@@ -172,15 +181,13 @@ struct BFromRows {
 // np0: the first n-tile pair (column 16 np0) this loader addresses; a compile-time constant
 // (or warp-uniform value) added to np.
 template <class Layout>
-struct BFromCols {
-  unsigned base;
-  RowFrag f;
+struct BFromCols : LaneRows<Layout, 3, 4> {
   int np0;
   __device__ __forceinline__ BFromCols(unsigned smem, int k0, int lane, int first_pair = 0)
-      : base(smem), f(Layout::frag(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4)), np0(first_pair) {}
+      : LaneRows<Layout, 3, 4>(smem, k0, lane), np0(first_pair) {}
   // k-step ks (16 rows below k0), n-tile pair np (columns 16 (np0 + np) ..).
   __device__ __forceinline__ void load(unsigned (&b)[4], int ks, int np) const {
-    ldmatrix_x4_trans(b, base + (Layout::frag_offset(f, 2 * (np0 + np)) + ks * 16 * Layout::kStride) * kElemBytes);
+    ldmatrix_x4_trans(b, this->at(2 * (np0 + np), ks * 16));
   }
 };
 

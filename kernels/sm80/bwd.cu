@@ -25,7 +25,7 @@
 #include "common/mma_sm80.cuh"
 #include "common/philox.cuh"
 #include "common/smem_sm80.cuh"
-#include "mask.cuh"
+#include "common/problem.cuh"
 
 #include "common/features.cuh"
 #ifndef IS_DETERMINISTIC
@@ -47,100 +47,8 @@ namespace bwd {
 
 constexpr int kHeadDim = HEAD_DIM;
 constexpr int kHeadDimV = HEAD_DIM_V;
-constexpr bool kScoresInLog2 = HAS_SOFTCAP || HAS_ALIBI;  // score mods convert scores to log2 units
 static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "HEAD_DIM: multiple of 8, <= 256");
 static_assert(kHeadDimV % 8 == 0 && kHeadDimV >= 8 && kHeadDimV <= 256, "HEAD_DIM_V: multiple of 8, <= 256");
-
-// ---------------------------------------------------------------------------------------------
-// Sequence coordinates and tensor bases.
-// ---------------------------------------------------------------------------------------------
-struct Sequence {
-  int q_start;   // first row of the sequence in varlen-packed q-like tensors (0 when dense)
-  int seqlen_q;
-  int kv_start;  // first row in varlen-packed k-like tensors (0 when dense)
-  int seqlen_kv;
-};
-
-__device__ __forceinline__ Sequence sequence_of(const BwdParams& p, int b) {
-  Sequence s{0, static_cast<int>(p.seqlen_q), 0, static_cast<int>(p.seqlen_kv)};
-#if IS_VARLEN
-  const int* cu_q = static_cast<const int*>(p.cu_seqlens_q);
-  const int* cu_kv = static_cast<const int*>(p.cu_seqlens_kv);
-  s.q_start = cu_q[b];
-  s.seqlen_q = cu_q[b + 1] - s.q_start;
-  s.kv_start = cu_kv[b];
-  s.seqlen_kv = cu_kv[b + 1] - s.kv_start;
-#endif
-  return s;
-}
-
-// Row 0 of head `head` of this sequence in a tensor with (batch, row, head) strides.
-template <class T>
-__device__ __forceinline__ T* seq_base(const void* ptr, long long batch_stride, long long row_stride,
-                                       long long head_stride, int b, int head, int start) {
-  T* t = const_cast<T*>(static_cast<const T*>(ptr)) + head * head_stride;
-#if IS_VARLEN
-  (void)batch_stride;
-  return t + static_cast<long long>(start) * row_stride;
-#else
-  (void)row_stride; (void)start;
-  return t + b * batch_stride;
-#endif
-}
-
-__device__ __forceinline__ int window_bound(long long w) {
-  return w < 0 ? -1 : static_cast<int>(w < (1ll << 30) ? w : (1ll << 30));
-}
-
-__device__ __forceinline__ MaskInfo mask_of(const BwdParams& p, const Sequence& seq) {
-  MaskInfo mask;
-  mask.seqlen_kv = seq.seqlen_kv;
-  mask.off = p.top_left ? 0 : seq.seqlen_kv - seq.seqlen_q;
-  mask.window_left = window_bound(p.window_left);
-  mask.window_right = window_bound(p.window_right);
-  mask.sink_tokens = static_cast<int>(p.sink_tokens);
-  return mask;
-}
-
-// A score (raw dot product) -> log2 units with softcap and ALiBi applied; `dsoft` gets the softcap
-// derivative factor 1 - tanh^2.  Without either feature the score is returned unchanged (the caller
-// folds scale * log2(e) into the exponent).
-struct ScoreMods {
-  float scale_l2;        // scale * log2(e)
-  float scale_over_cap;  // scale / softcap
-  float cap_l2;          // softcap * log2(e)
-  float slope_l2;        // ALiBi slope * log2(e)
-
-  __device__ __forceinline__ float apply(float x, int query, int key, int off, float& dsoft) const {
-#if HAS_SOFTCAP
-    const float th = tanhf(x * scale_over_cap);
-    dsoft = 1.f - th * th;
-    x = cap_l2 * th;
-#elif HAS_ALIBI
-    x *= scale_l2;
-#endif
-#if HAS_ALIBI
-    const int dist = key - (query + off);
-    x -= slope_l2 * static_cast<float>(dist < 0 ? -dist : dist);
-#endif
-    (void)query; (void)key; (void)off; (void)dsoft;
-    return x;
-  }
-};
-
-__device__ __forceinline__ ScoreMods score_mods(const BwdParams& p, int b, int h) {
-  ScoreMods mods{};
-  mods.scale_l2 = static_cast<float>(p.scale) * kLog2e;
-#if HAS_SOFTCAP
-  mods.scale_over_cap = static_cast<float>(p.scale / p.softcap);
-  mods.cap_l2 = static_cast<float>(p.softcap) * kLog2e;
-#endif
-#if HAS_ALIBI
-  mods.slope_l2 = static_cast<const float*>(p.alibi_slopes)[b * p.alibi_batch_stride + h] * kLog2e;
-#endif
-  (void)b; (void)h;
-  return mods;
-}
 
 // log2-unit LSE of a row: +inf for a row that has no visible key (lse = -inf) or does not exist,
 // so exp2(score - lse) = 0 there.
@@ -173,22 +81,6 @@ __device__ __forceinline__ float grad_score(float x, float dp, float lse_l2, flo
   ds *= dsoft;
 #endif
   return ds;
-}
-
-struct DropoutKeys {
-  unsigned long long seed;
-  unsigned threshold;
-  float scale;
-};
-
-__device__ __forceinline__ DropoutKeys dropout_keys(const BwdParams& p) {
-  return DropoutKeys{static_cast<unsigned long long>(p.dropout_seed), static_cast<unsigned>(p.dropout_threshold),
-                     static_cast<float>(p.dropout_scale)};
-}
-
-__device__ __forceinline__ unsigned keep_nibble(const Philox4& r, unsigned threshold) {
-  return unsigned(keep_word(r.x, threshold)) | (unsigned(keep_word(r.y, threshold)) << 1) |
-         (unsigned(keep_word(r.z, threshold)) << 2) | (unsigned(keep_word(r.w, threshold)) << 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -595,28 +487,6 @@ constexpr int kSmemBytes = (kSmemQ + kSmemDO + kSmemK + kSmemV) * kElemBytes;
 #ifdef ATTN_EXPECTED_DQ_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:dq_shared_memory_bytes
 static_assert(kSmemBytes == ATTN_EXPECTED_DQ_SMEM_BYTES, "sm80_tiles.dq_shared_memory_bytes disagrees");
 #endif
-
-// Keep bits of the score tiles in the forward layout (rows = queries g, g+8; keys 2t, 2t+1): the
-// pair of threads t = 2u, 2u+1 covers keys 4u' .. 4u'+3 of rows g and g+8; the even thread draws
-// row g, the odd one row g+8, and each hands its partner the two bits it needs.
-__device__ __forceinline__ void dropout_bits(unsigned (&bits)[kMT][kNT], const DropoutKeys& d, unsigned b, unsigned h,
-                                             const int (&rows)[2 * kMT], int key0, int lane) {
-  const bool odd = lane & 1;
-  const int t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      const unsigned col4 = static_cast<unsigned>(key0 + nt * 8 + 2 * t) >> 2;
-      const unsigned row = static_cast<unsigned>(rows[2 * mt + (odd ? 1 : 0)]);
-      const unsigned nib = keep_nibble(dropout_random4(d.seed, b, h, row, col4), d.threshold);
-      const unsigned low_pair = nib & 3u, high_pair = nib >> 2;
-      const unsigned mine = odd ? high_pair : low_pair;
-      const unsigned theirs = __shfl_xor_sync(0xffffffffu, odd ? low_pair : high_pair, 1);
-      const unsigned bits_g = odd ? theirs : mine, bits_g8 = odd ? mine : theirs;
-      bits[mt][nt] = bits_g | (bits_g8 << 2);
-    }
-}
 
 }  // namespace dq
 }  // namespace bwd

@@ -10,18 +10,18 @@
 // in registers.  The launch contract (grid, strides, varlen, paged KV) is described in
 // backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
 //
-// Parts, each in its own header or section: element types and PTX wrappers (common/), the
-// visibility rule and key-tile range (mask.cuh), the online softmax (softmax.cuh), Philox dropout
-// (common/philox.cuh); below: shared-memory layout, sequence coordinates, tile loaders, the two warp
-// GEMMs, score modifiers, dropout, epilogue, and the kernel that strings them together.
+// Parts, each in its own header or section: element types and PTX wrappers (common/), shared-memory
+// tiles, loaders and warp GEMMs (common/smem_sm80.cuh), sequence coordinates, mask setup, score
+// modifiers and dropout keep bits (common/problem.cuh, shared with the backward), the visibility
+// rule and key-tile range (mask.cuh), the online softmax (softmax.cuh); below: shared-memory
+// layout, K/V tile loads (paged too), the epilogue, and the kernel that strings them together.
 //
 // The runtime prepends `struct FwdParams` (backends/nvrtc/params.py) to this file.
 
 #include "common/types.cuh"
 #include "common/mma_sm80.cuh"
 #include "common/smem_sm80.cuh"
-#include "common/philox.cuh"
-#include "mask.cuh"
+#include "common/problem.cuh"
 #include "softmax.cuh"
 
 #include "common/features.cuh"
@@ -51,7 +51,6 @@ constexpr int kMTiles = kWarpRows / 16;          // m16 tiles per warp
 constexpr int kNTiles = kBlockN / 8;             // n8 score tiles per key tile
 constexpr int kKSteps = kBlockN / 16;            // k16 steps of P V
 constexpr int kOTiles = kDimV / 8;               // n8 output tiles
-constexpr bool kScoresInLog2 = HAS_SOFTCAP || HAS_ALIBI;  // score mods convert scores to log2 units
 
 static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "HEAD_DIM: multiple of 8, <= 256");
 static_assert(kHeadDimV % 8 == 0 && kHeadDimV >= 8 && kHeadDimV <= 256, "HEAD_DIM_V: multiple of 8, <= 256");
@@ -74,40 +73,6 @@ constexpr int kSmemBytes = (kSmemRegion0 + kKStages * kSmemK + kSmemV) * kElemBy
 #ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:shared_memory_bytes
 static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.shared_memory_bytes disagrees with the kernel");
 #endif
-
-// ---------------------------------------------------------------------------------------------
-// Sequence coordinates: where this CTA's sequence starts and how long it is, for dense, varlen and
-// paged inputs alike.
-// ---------------------------------------------------------------------------------------------
-struct Sequence {
-  int q_start;    // first row of the sequence in the varlen-packed q / out / lse (0 when dense)
-  int seqlen_q;
-  int kv_start;   // first row in the varlen-packed k / v (0 when dense or paged)
-  int seqlen_kv;
-};
-
-__device__ __forceinline__ Sequence sequence_of(const FwdParams& p, int b) {
-  Sequence s{0, static_cast<int>(p.seqlen_q), 0, static_cast<int>(p.seqlen_kv)};
-#if IS_VARLEN
-  const int* cu_q = static_cast<const int*>(p.cu_seqlens_q);
-  s.q_start = cu_q[b];
-  s.seqlen_q = cu_q[b + 1] - s.q_start;
-#endif
-#if IS_PAGED
-  s.seqlen_kv = static_cast<const int*>(p.seqlens_kv)[b];
-#elif IS_VARLEN
-  const int* cu_kv = static_cast<const int*>(p.cu_seqlens_kv);
-  s.kv_start = cu_kv[b];
-  s.seqlen_kv = cu_kv[b + 1] - s.kv_start;
-#endif
-  return s;
-}
-
-// A window bound as int: -1 stays unbounded, anything larger than any sequence is clipped so the
-// index arithmetic in mask.cuh cannot overflow.
-__device__ __forceinline__ int window_bound(long long w) {
-  return w < 0 ? -1 : static_cast<int>(w < (1ll << 30) ? w : (1ll << 30));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Global -> shared tile loads (cp.async, 16 bytes per thread and step).  Rows >= valid_rows and the
@@ -171,80 +136,6 @@ __device__ __forceinline__ void load_kv_tile(elem_t* smem, const KvAddressing& a
 }
 
 // ---------------------------------------------------------------------------------------------
-// Warp GEMMs.  See common/mma_sm80.cuh for the fragment layouts.
-// ---------------------------------------------------------------------------------------------
-
-// S[warp rows, kBlockN keys] = Q K^T.  ldmatrix x4 on Q gives a0..a3 of one m16 tile
-// (matrices: rows 0-7 / 8-15 x chunks 0 / 1); on K (row-major [key][dim], i.e. B column-major) it
-// gives b0, b1 of two n8 tiles (matrices: keys 0-7 x chunk 0, keys 0-7 x chunk 1, keys 8-15 x
-// chunk 0, keys 8-15 x chunk 1).
-__device__ __forceinline__ void gemm_qk(float (&s)[kMTiles][kNTiles][4], unsigned smem_q, unsigned smem_k,
-                                        int warp_row0, int lane) {
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-
-  const RowFrag fa = LayoutQK::frag(warp_row0 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-  const RowFrag fb = LayoutQK::frag((lane & 7) + ((lane >> 4) & 1) * 8, (lane >> 3) & 1);
-#pragma unroll
-  for (int ks = 0; ks < kDimQK / 16; ++ks) {
-    unsigned a[kMTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      ldmatrix_x4(a[mt], smem_q + (LayoutQK::frag_offset(fa, 2 * ks) + mt * 16 * LayoutQK::kStride) * kElemBytes);
-    }
-#pragma unroll
-    for (int np = 0; np < kNTiles / 2; ++np) {
-      unsigned b[4];
-      ldmatrix_x4(b, smem_k + (LayoutQK::frag_offset(fb, 2 * ks) + np * 16 * LayoutQK::kStride) * kElemBytes);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(s[mt][2 * np], a[mt], b[0], b[1]);
-        mma_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
-      }
-    }
-  }
-}
-
-// O += P V.  P comes from registers (the S accumulator layout of two n8 tiles is exactly the A
-// layout of one k16 step); V is row-major [key][dim], read with ldmatrix .trans (matrices: keys
-// 0-7 x chunk 0, keys 8-15 x chunk 0, keys 0-7 x chunk 1, keys 8-15 x chunk 1 -> b0, b1 of two n8
-// output tiles).
-__device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kOTiles][4], const unsigned (&pf)[kMTiles][kKSteps][4],
-                                        unsigned smem_v, int lane) {
-  const RowFrag fb = LayoutV::frag((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-#pragma unroll
-  for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-    for (int dp = 0; dp < kOTiles / 2; ++dp) {
-      unsigned b[4];
-      ldmatrix_x4_trans(b, smem_v + (LayoutV::frag_offset(fb, 2 * dp) + kk * 16 * LayoutV::kStride) * kElemBytes);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(o[mt][2 * dp], pf[mt][kk], b[0], b[1]);
-        mma_16816(o[mt][2 * dp + 1], pf[mt][kk], b[2], b[3]);
-      }
-    }
-  }
-}
-
-// Unnormalised probabilities -> 16-bit A fragments of P V.
-__device__ __forceinline__ void pack_p(const float (&s)[kMTiles][kNTiles][4], unsigned (&pf)[kMTiles][kKSteps][4]) {
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      pf[mt][kk][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);          // row g,   keys 2t..
-      pf[mt][kk][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);          // row g+8, keys 2t..
-      pf[mt][kk][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);  // row g,   keys 8+2t..
-      pf[mt][kk][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);  // row g+8, keys 8+2t..
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Per-thread coordinates of the score fragment: thread row r = 2*mt + half is query row
 // rows[r] (within the sequence); element e of tile nt is key col0 + nt*8 + (e & 1).
 // ---------------------------------------------------------------------------------------------
@@ -252,79 +143,32 @@ struct FragRows {
   int rows[2 * kMTiles];
 };
 
-// Scores -> log2 units with softcap and ALiBi applied (only compiled in with either feature).
-struct ScoreMods {
-  float scale_l2;        // scale * log2(e)
-  float scale_over_cap;  // scale / softcap
-  float cap_l2;          // softcap * log2(e)
-  float slope_l2;        // ALiBi slope * log2(e)
+// fn(score, query row, key) for every element of this thread's score fragment.
+template <class Fn>
+__device__ __forceinline__ void for_each_score(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, Fn fn) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fn(s[mt][nt][e], fr.rows[2 * mt + (e >> 1)], col0 + nt * 8 + (e & 1));
+}
 
-  __device__ __forceinline__ void apply(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, int off) const {
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nt][e];
-#if HAS_SOFTCAP
-          x = cap_l2 * tanhf(x * scale_over_cap);
-#else
-          x *= scale_l2;
-#endif
-#if HAS_ALIBI
-          const int dist = col0 + nt * 8 + (e & 1) - (fr.rows[2 * mt + (e >> 1)] + off);
-          x -= slope_l2 * static_cast<float>(dist < 0 ? -dist : dist);
-#endif
-          s[mt][nt][e] = x;
-        }
-    (void)fr; (void)col0; (void)off;
-  }
-};
-
-__device__ __forceinline__ void apply_mask(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0,
-                                           const MaskInfo& mask) {
+// Dropout on the unnormalised probabilities (the row sums already hold the undropped values);
+// key0: the tile's first key.
+__device__ __forceinline__ void apply_dropout(float (&s)[kMTiles][kNTiles][4], const DropoutKeys& d, int b, int h,
+                                              const FragRows& fr, int key0, int lane) {
+  unsigned bits[kMTiles][kNTiles];
+  dropout_bits(bits, d, static_cast<unsigned>(b), static_cast<unsigned>(h), fr.rows, key0, lane);
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        if (!visible(fr.rows[2 * mt + (e >> 1)], col0 + nt * 8 + (e & 1), mask)) s[mt][nt][e] = neg_inf();
+        if (!((bits[mt][nt] >> e) & 1u)) s[mt][nt][e] = 0.f;
       }
 }
-
-// Dropout on the unnormalised probabilities (the row sums already hold the undropped values).
-// The pair of threads t = 2u, 2u+1 of a quad covers keys 4*col4 .. 4*col4+3 of rows g and g+8:
-// the even thread draws the four words of row g, the odd thread those of row g+8, and each hands
-// its partner the two keep bits the partner needs -- one Philox call per 4 elements.
-struct Dropout {
-  unsigned long long seed;
-  unsigned threshold;
-  unsigned b, h;
-
-  __device__ __forceinline__ void apply(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, int lane) const {
-    const bool odd = lane & 1;
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        const unsigned col4 = static_cast<unsigned>(col0 + nt * 8) >> 2;
-        const unsigned row = static_cast<unsigned>(fr.rows[2 * mt + (odd ? 1 : 0)]);
-        const Philox4 r = dropout_random4(seed, b, h, row, col4);
-        const unsigned low_pair = unsigned(keep_word(r.x, threshold)) | (unsigned(keep_word(r.y, threshold)) << 1);
-        const unsigned high_pair = unsigned(keep_word(r.z, threshold)) | (unsigned(keep_word(r.w, threshold)) << 1);
-        // Even thread: keys 0,1 of the group are its own (row g); keys 2,3 belong to the odd thread.
-        const unsigned mine = odd ? high_pair : low_pair;
-        const unsigned theirs = __shfl_xor_sync(0xffffffffu, odd ? low_pair : high_pair, 1);
-        const unsigned bits_g = odd ? theirs : mine, bits_g8 = odd ? mine : theirs;
-        if (!(bits_g & 1u)) s[mt][nt][0] = 0.f;
-        if (!(bits_g & 2u)) s[mt][nt][1] = 0.f;
-        if (!(bits_g8 & 1u)) s[mt][nt][2] = 0.f;
-        if (!(bits_g8 & 2u)) s[mt][nt][3] = 0.f;
-      }
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Epilogue: scale O, stage it through shared memory (region 0) and write 16-byte rows; write LSE.
@@ -404,12 +248,7 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) at
   const int warp_row0 = warp * kWarpRows;
   const int hkv = h / static_cast<int>(p.heads_q / p.heads_kv);
 
-  MaskInfo mask;
-  mask.seqlen_kv = seq.seqlen_kv;
-  mask.off = p.top_left ? 0 : seq.seqlen_kv - seq.seqlen_q;
-  mask.window_left = window_bound(p.window_left);
-  mask.window_right = window_bound(p.window_right);
-  mask.sink_tokens = static_cast<int>(p.sink_tokens);
+  const MaskInfo mask = mask_of(p, seq);
   const int row_last = imin(m0 + kBlockM, seq.seqlen_q) - 1;
   const KeyTileRange tiles = key_tile_range(m0, row_last, kBlockN, mask);
   const int num_tiles = tiles.count();
@@ -441,31 +280,14 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) at
   for (int r = 0; r < 2 * kMTiles; ++r) fr.rows[r] = m0 + warp_row0 + (r / 2) * 16 + (r % 2) * 8 + lane / 4;
   const int col_in_tile = 2 * (lane % 4);
 
-  const float scale_l2 = static_cast<float>(p.scale) * kLog2e;
-  const float exp_scale = kScoresInLog2 ? 1.f : scale_l2;
-  ScoreMods mods{};
-#if HAS_SOFTCAP || HAS_ALIBI
-  mods.scale_l2 = scale_l2;
-#endif
-#if HAS_SOFTCAP
-  mods.scale_over_cap = static_cast<float>(p.scale / p.softcap);
-  mods.cap_l2 = static_cast<float>(p.softcap) * kLog2e;
-#endif
-#if HAS_ALIBI
-  mods.slope_l2 = static_cast<const float*>(p.alibi_slopes)[b * p.alibi_batch_stride + h] * kLog2e;
-#endif
+  const ScoreMods mods = score_mods(p, b, h);
+  const float exp_scale = kScoresInLog2 ? 1.f : mods.scale_l2;
 #if HAS_DROPOUT
-  const Dropout dropout{static_cast<unsigned long long>(p.dropout_seed), static_cast<unsigned>(p.dropout_threshold),
-                        static_cast<unsigned>(b), static_cast<unsigned>(h)};
+  const DropoutKeys dropout = dropout_keys(p);
 #endif
 
   float acc_o[kMTiles][kOTiles][4];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int ot = 0; ot < kOTiles; ++ot)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc_o[mt][ot][e] = 0.f;
+  zero(acc_o);
   OnlineSoftmax<kMTiles> softmax;
   softmax.init();
 
@@ -486,16 +308,27 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) at
     }
 
     float s[kMTiles][kNTiles][4];
-    gemm_qk(s, smem_q_u32, smem_k_u32 + kbuf * kSmemK * kElemBytes, warp_row0, lane);
+    zero(s);
+    gemm_ss<kMTiles, kNTiles, kDimQK / 16>(s, AFromRows<LayoutQK>(smem_q_u32, warp_row0, lane),
+                                           BFromRows<LayoutQK>(smem_k_u32 + kbuf * kSmemK * kElemBytes, 0, lane));
     const int col0 = key0 + col_in_tile;
-    if constexpr (kScoresInLog2) mods.apply(s, fr, col0, mask.off);
-    if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) apply_mask(s, fr, col0, mask);
+    if constexpr (kScoresInLog2) {  // log2 units with softcap and ALiBi applied
+      for_each_score(s, fr, col0, [&](float& x, int row, int key) {
+        float unused_dsoft;
+        x = mods.apply(x, row, key, mask.off, unused_dsoft);
+      });
+    }
+    if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) {
+      for_each_score(s, fr, col0, [&](float& x, int row, int key) {
+        if (!visible(row, key, mask)) x = neg_inf();
+      });
+    }
     softmax.update(s, acc_o, exp_scale);
 #if HAS_DROPOUT
-    dropout.apply(s, fr, col0, lane);
+    apply_dropout(s, dropout, b, h, fr, key0, lane);
 #endif
     unsigned pf[kMTiles][kKSteps][4];
-    pack_p(s, pf);
+    pack_a(s, pf);
 
     cp_async_wait<kKStages - 1>();  // V landed ...
     __syncthreads();                // ... for every thread, and every warp is done reading K
@@ -503,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) at
       load_kv_tile<kHeadDim, LayoutQK>(smem_k, k_addr, tiles.tile(k + 1) * kBlockN, seq.seqlen_kv);
       cp_async_commit();
     }
-    gemm_pv(acc_o, pf, smem_v_u32, lane);
+    gemm_rs<kMTiles, kOTiles, kKSteps>(acc_o, pf, BFromCols<LayoutV>(smem_v_u32, 0, lane));
   }
 
   float sink_logit = 0.f;

@@ -76,8 +76,10 @@ def _device_array(host: np.ndarray):
     return _to_device(host, cupy)
 
 
-@pytest.mark.parametrize("name, desc", FORWARD, ids=[n for n, _ in FORWARD])
-def test_forward_matches_reference_or_is_rejected_at_select(name, desc):
+def _run_case(direction: str, name: str, desc, check) -> None:
+    """The shared verdict of a forward or backward case: a semantic reject must be rejected, a case
+    cuDNN must take must be accepted; a rejected case must be refused at Plan.select (recorded with
+    the reason); an accepted one is checked by check(desc) -> errors dict, recorded either way."""
     start = time.time()
     verdict = _cudnn_verdict(desc)
     if name.startswith(SEMANTIC_REJECTS):
@@ -86,20 +88,30 @@ def test_forward_matches_reference_or_is_rejected_at_select(name, desc):
         assert verdict.accepted, verdict.reasons
     if not verdict.accepted:
         reason = _assert_rejected_at_select(desc)
-        _record("forward", name, "rejected", reason=reason, seconds=time.time() - start)
+        _record(direction, name, "rejected", reason=reason, seconds=time.time() - start)
         return
     try:
-        if desc.dropout_p > 0:
-            info = _check_dropout_forward(desc)
-        else:
-            info = check_forward(desc, "cudnn", seed=seed_for(desc))
-            assert info["out"] < 0.05, info
+        info = check(desc)
     except BaseException as exc:
-        _record("forward", name, "FAILED", error=repr(exc)[:2000], seconds=time.time() - start)
+        _record(direction, name, "FAILED", error=repr(exc)[:2000], seconds=time.time() - start)
         raise
     plan = Plan.select(desc, default_device(), prefer="cudnn", restrict=True)
-    _record("forward", name, "passed", errors=info, plan=plan.sku.config_dict, workspace=plan.workspace_size,
-            seconds=time.time() - start)
+    extra = {"deterministic": plan.sku.precision.deterministic} if direction == "backward" else {}
+    _record(direction, name, "passed", errors=info, plan=plan.sku.config_dict, workspace=plan.workspace_size,
+            seconds=time.time() - start, **extra)
+
+
+def _check_forward_case(desc) -> dict:
+    if desc.dropout_p > 0:
+        return _check_dropout_forward(desc)
+    info = check_forward(desc, "cudnn", seed=seed_for(desc))
+    assert info["out"] < 0.05, info
+    return info
+
+
+@pytest.mark.parametrize("name, desc", FORWARD, ids=[n for n, _ in FORWARD])
+def test_forward_matches_reference_or_is_rejected_at_select(name, desc):
+    _run_case("forward", name, desc, _check_forward_case)
 
 
 def _check_dropout_forward(desc) -> dict:
@@ -131,33 +143,20 @@ def _check_dropout_forward(desc) -> dict:
     return info
 
 
+def _check_backward_case(desc) -> dict:
+    if desc.dropout_p > 0:
+        return _check_dropout_backward(desc)
+    info = check_backward(desc, "cudnn", seed=seed_for(desc))
+    for grad in ("dq", "dk", "dv"):
+        assert info[grad] < 0.1 * max(1.0, info[f"{grad}_max"]), (grad, info)
+    if desc.deterministic:
+        info["bit_identical"] = _check_bit_identical(desc)
+    return info
+
+
 @pytest.mark.parametrize("name, desc", BACKWARD, ids=[n for n, _ in BACKWARD])
 def test_backward_matches_reference_or_is_rejected_at_select(name, desc):
-    start = time.time()
-    verdict = _cudnn_verdict(desc)
-    if name.startswith(SEMANTIC_REJECTS):
-        assert not verdict.accepted, name
-    if name in MUST_ACCEPT and ENFORCE_ACCEPT:
-        assert verdict.accepted, verdict.reasons
-    if not verdict.accepted:
-        reason = _assert_rejected_at_select(desc)
-        _record("backward", name, "rejected", reason=reason, seconds=time.time() - start)
-        return
-    try:
-        if desc.dropout_p > 0:
-            info = _check_dropout_backward(desc)
-        else:
-            info = check_backward(desc, "cudnn", seed=seed_for(desc))
-            for grad in ("dq", "dk", "dv"):
-                assert info[grad] < 0.1 * max(1.0, info[f"{grad}_max"]), (grad, info)
-            if desc.deterministic:
-                info["bit_identical"] = _check_bit_identical(desc)
-    except BaseException as exc:
-        _record("backward", name, "FAILED", error=repr(exc)[:2000], seconds=time.time() - start)
-        raise
-    plan = Plan.select(desc, default_device(), prefer="cudnn", restrict=True)
-    _record("backward", name, "passed", errors=info, plan=plan.sku.config_dict, workspace=plan.workspace_size,
-            deterministic=plan.sku.precision.deterministic, seconds=time.time() - start)
+    _run_case("backward", name, desc, _check_backward_case)
 
 
 def _check_bit_identical(desc) -> bool:
