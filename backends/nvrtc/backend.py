@@ -144,10 +144,10 @@ class NvrtcBackend(Backend):
         key = self.dispatch_key(desc, device, config)
         if desc.direction == "backward":
             return self._build_backward(desc, device, key)
-        cubin, _ = compiler.compile_key(key)
         shared = sm80_tiles.shared_memory_bytes(desc.head_dim, desc.head_dim_v, key.tiles.block_m, key.tiles.block_n,
                                                 key.stages)
         sm80_tiles.check_fits(shared, device.arch, key.name)
+        cubin, _ = compiler.compile_key(key)
         precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=True,
                                        bit_stable=True)
         sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
@@ -161,7 +161,6 @@ class NvrtcBackend(Backend):
 
 
     def _build_backward(self, desc: AttentionDescriptor, device: Device, key: DispatchKey) -> Executable:
-        cubin, _ = compiler.compile_key(key)
         t = key.tiles
         shared = sm80_tiles.backward_shared_memory_bytes(desc.head_dim, desc.head_dim_v, t.block_m, t.block_n,
                                                          key.stages)
@@ -174,6 +173,7 @@ class NvrtcBackend(Backend):
             sm80_tiles.check_fits(dq_shared, device.arch, key.name + " (dQ kernel)")
             config.update({"dq_block_m": d.block_m, "dq_block_n": d.block_n, "dq_num_warps": d.num_warps,
                            "dq_shared_memory_bytes": dq_shared})
+        cubin, _ = compiler.compile_key(key)
         runner = BackwardRunner(desc, key, cubin, shared, dq_shared, device)
         deterministic = desc.deterministic
         precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=deterministic,
