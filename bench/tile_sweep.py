@@ -1,4 +1,4 @@
-"""A/B the sm80 forward tile configs (K buffers, register caps), or the backward's tile
+"""A/B the sm80 forward tile configs (tiles, K buffers), or the backward's tile
 configs, on chosen problems, each checked against the reference before its time counts.  Run on
 the GPU:
 
@@ -11,34 +11,42 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnplan.backends.nvrtc import compiler
 from attnplan.backends.nvrtc.backend import NvrtcBackend
 from attnplan.bench.contenders import prepare_plan
-from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved, time_launches
+from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved
 from attnplan.bench.problems import standard_problem
-from attnplan.bench.runner import _input_sets, _reference, device_description, reference_targets
+from attnplan.bench.runner import _input_sets, device_description, reference_targets
 from attnplan.device import default_device
 from attnplan.plan import Plan
 
-# (block_m, block_n, num_warps, stages) of attn_fwd_kernel (stages: K tile buffers).
-CONFIGS = [(128, 64, 4, 1), (128, 64, 4, 2), (128, 128, 4, 2)]
-# Extra compile options: ptxas asked for more resident CTAs (fewer registers per thread).
-FORWARD_VARIANTS = [("plain", ()), ("minblocks3", ("-DATTN_MIN_BLOCKS=3",))]
-# (block_m, block_n, num_warps, stages) of attn_bwd_kernel: block_n / (num_warps / 2) keys (16 or 32) per warp pair.
-BACKWARD_CONFIGS = [(64, 128, 8, 2), (128, 128, 8, 2), (128, 128, 8, 1), (128, 64, 8, 2), (64, 64, 4, 2)]
+# Candidate (block_m, block_n, num_warps, stages) by direction and the largest head dim they serve.
+# Forward stages: K tile buffers; backward: block_n / (num_warps / 2) keys (16 or 32) per warp pair.
+CONFIGS = {
+    "forward": {64: [(128, 64, 4, 1), (128, 64, 4, 2), (128, 128, 4, 2)],
+                128: [(128, 64, 4, 1), (128, 64, 4, 2), (128, 128, 4, 2)],
+                256: [(128, 64, 8, 1), (128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2)]},
+    "backward": {64: [(128, 128, 8, 2), (128, 128, 8, 1), (64, 128, 8, 2), (64, 64, 4, 2)],
+                 128: [(64, 128, 8, 2), (128, 128, 8, 1), (128, 64, 8, 2), (64, 64, 4, 2)],
+                 256: [(64, 64, 8, 2), (64, 64, 8, 1), (32, 64, 4, 2)]},
+}
 
 
-def backward_sweep(head_dims, seqlens, device, rows: list) -> None:
-    """Every backward config on each problem, timed in interleaved rounds (same clocks for all)."""
+def candidates(direction: str, head_dim: int) -> list[tuple]:
+    return next(cfgs for limit, cfgs in sorted(CONFIGS[direction].items()) if head_dim <= limit)
+
+
+def sweep(direction: str, head_dims, seqlens, device, rows: list) -> None:
+    """Every candidate config on each problem, checked against the reference, the correct ones timed
+    in interleaved rounds (the same clocks for all)."""
     for head_dim in head_dims:
         for seqlen in seqlens:
             for causal in (False, True):
-                problem = standard_problem("bf16", head_dim, seqlen, causal, "backward")
+                problem = standard_problem("bf16", head_dim, seqlen, causal, direction)
                 desc = problem.descriptor()
                 sets = _input_sets(desc, device, 0)
                 fixed, want, select = reference_targets(desc, sets)
                 timed = []
-                for cfg in BACKWARD_CONFIGS:
+                for cfg in candidates(direction, head_dim):
                     config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))
                     try:
                         backend = NvrtcBackend()
@@ -69,40 +77,9 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     device = default_device()
-    rows = []
-    if args.direction == "backward":
-        backward_sweep([int(d) for d in args.head_dims.split(",")], [int(s) for s in args.seqlens.split(",")],
-                       device, rows)
-    for head_dim in map(int, args.head_dims.split(",")) if args.direction == "forward" else ():
-        for seqlen in map(int, args.seqlens.split(",")):
-            for causal in (False, True):
-                problem = standard_problem("bf16", head_dim, seqlen, causal, "forward")
-                desc = problem.descriptor()
-                sets = _input_sets(desc, device, 0)
-                want = {"out": _reference(desc, sets[0], "f32")[0]}
-                for variant, extra in FORWARD_VARIANTS:
-                    for cfg in CONFIGS:
-                        config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))
-                        saved = compiler.BASE_OPTIONS
-                        compiler.BASE_OPTIONS = saved + extra
-                        try:
-                            backend = NvrtcBackend()
-                            executable = backend.build(desc, device, config)
-                        except Exception as exc:
-                            print(problem.label, cfg, variant, "build failed:", str(exc)[:200])
-                            continue
-                        finally:
-                            compiler.BASE_OPTIONS = saved
-                        plan = Plan(desc, device, backend, executable)
-                        prepared = prepare_plan("nvrtc", desc, sets, [{} for _ in sets], plan=plan)
-                        error = relative_error(prepared.outputs(0), want, desc.dtype)
-                        row = {"problem": problem.as_dict(), "config": config, "variant": variant, "error": error}
-                        if is_correct(error, desc.dtype):
-                            ms = median(time_launches(prepared, len(sets), 30, 3, True))
-                            row.update(ms=ms, tflops=desc.flops() / ms / 1e9)
-                        rows.append(row)
-                        print(f"{problem.label:40s} {str(cfg):16s} {variant:10s} err={error:.2e} "
-                              f"{row.get('tflops', float('nan')):7.1f} TFLOP/s", flush=True)
+    rows: list = []
+    sweep(args.direction, [int(d) for d in args.head_dims.split(",")], [int(s) for s in args.seqlens.split(",")],
+          device, rows)
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"device": device_description(device), "rows": rows}, f, indent=1)

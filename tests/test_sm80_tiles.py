@@ -16,7 +16,7 @@ HEAD_DIMS = [(d, d) for d in range(32, 257, 8)] + [(192, 128), (128, 64), (64, 1
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_forward_tiles_fit_and_double_buffer_k_up_to_128(arch):
+def test_forward_tiles_fit_and_double_buffer_k_where_it_fits(arch):
     for head_dim, head_dim_v in HEAD_DIMS:
         cfg = sm80_tiles.tile_config(head_dim, head_dim_v, arch)
         limit = sm80_tiles.MAX_DYNAMIC_SMEM[arch]
@@ -24,13 +24,15 @@ def test_forward_tiles_fit_and_double_buffer_k_up_to_128(arch):
                                                                      cfg["block_n"], cfg["stages"])
         assert cfg["smem_bytes"] <= limit, (head_dim, head_dim_v, cfg)
         assert cfg["block_m"] % (cfg["num_warps"] * 16) == 0
-        assert cfg["stages"] == (2 if max(head_dim, head_dim_v) <= 128 else 1), (head_dim, head_dim_v, cfg)
+        double = sm80_tiles.shared_memory_bytes(head_dim, head_dim_v, cfg["block_m"], cfg["block_n"], 2) <= limit
+        assert cfg["stages"] == (2 if double else 1), (head_dim, head_dim_v, cfg)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_backward_tiles_fit_and_are_valid(arch):
+def test_backward_tiles_fit_and_are_valid(arch, causal):
     for head_dim, head_dim_v in HEAD_DIMS:
-        cfg = sm80_tiles.backward_tile_config(head_dim, head_dim_v, arch)
+        cfg = sm80_tiles.backward_tile_config(head_dim, head_dim_v, arch, causal)
         sm80_tiles.check_backward_tile(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
         assert cfg["smem_bytes"] <= sm80_tiles.MAX_DYNAMIC_SMEM[arch], (head_dim, head_dim_v, cfg)
 

@@ -43,7 +43,7 @@ class Generation:
 
 def _sm80_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
     if desc.direction == "backward":
-        cfg = sm80_tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch)
+        cfg = sm80_tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch, desc.causal)
     else:
         cfg = sm80_tiles.tile_config(desc.head_dim, desc.head_dim_v, arch)
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])

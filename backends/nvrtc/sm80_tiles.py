@@ -25,12 +25,12 @@ _SMALLEST_SMEM = 99 * 1024
 # warps x 32 query rows up to d=128 (S and O fit in registers), 8 warps x 16 rows above it (O alone
 # is d/2 floats per thread there); stages = K tile buffers.  Measured on an H100 (bench/tile_sweep.py):
 # single-buffered, 128x64 beat 128x128 at d=64 and d=128 (bench/results/2026-11-23-h100-sm80-forward-
-# tiles.json); with K double-buffered, 128x128 is 8-14% faster at d=64 and 128x64 1-4% faster at d=128
-# (bench/results/2026-11-23-h100-sm80-forward-kbuffers.json).
+# tiles.json); with K double-buffered, 128x128 is 8-14% faster at d=64, 128x64 1-4% faster at d=128
+# (bench/results/2026-11-23-h100-sm80-forward-kbuffers.json) and 128x64 / 8 warps 5-7% faster at
+# d=256 (…-forward-d256-kbuffers.json).  So two K buffers wherever they fit.
 _PREFERRED = ((64, (128, 128, 4)), (128, (128, 64, 4)), (256, (128, 64, 8)))
 # Tried in order when the preferred tile does not fit the arch's shared memory (d=256 on sm_89).
 _FALLBACKS = ((64, 64, 4), (64, 32, 4))
-_DOUBLE_BUFFERED_K_UP_TO = 128  # widest head dim measured faster with two K buffers
 
 
 def _round_up(x: int, m: int) -> int:
@@ -52,10 +52,9 @@ def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: i
 
 
 def forward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, arch: int) -> int:
-    """K tile buffers of attn_fwd_kernel: 2 up to the measured head dims where they fit sm_`arch`, else 1."""
+    """K tile buffers of attn_fwd_kernel: 2 where they fit sm_`arch`'s shared memory, else 1."""
     limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    double = shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit
-    return 2 if double and max(head_dim, head_dim_v) <= _DOUBLE_BUFFERED_K_UP_TO else 1
+    return 2 if shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit else 1
 
 
 def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
@@ -116,6 +115,9 @@ def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, in
 # (FlashAttention-2's d64 tile) beat 64 by 2-3.5% on an H200 at s=4096; d <= 128: 64 rows stay best
 # (bench/tile_sweep.py --direction backward, bench/results/2026-11-23-h200-sm80-backward-tiles.json).
 _BWD_PREFERRED = ((64, (128, 128, 8)), (128, (64, 128, 8)), (256, (64, 64, 8)))
+# Causal d <= 64: the smaller tile wastes less on the diagonal and wins by 3-5% at s=2k-8k on an H100,
+# while 128x128 wins by 7% without the mask (bench/results/2026-11-23-h100-sm80-backward-d64-tiles.json).
+_BWD_PREFERRED_CAUSAL = {64: (64, 64, 4)}
 _BWD_FALLBACKS = {64: ((64, 64, 4),), 128: ((64, 64, 4), (32, 64, 4)), 256: ((32, 32, 4),)}
 _DQ_PREFERRED = ((128, (64, 64, 4)), (256, (64, 32, 4)))
 _DQ_FALLBACKS = ((32, 32, 2),)
@@ -161,13 +163,15 @@ def backward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, 
     return 2 if fits else 1
 
 
-def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
+def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80, causal: bool = False) -> dict:
     """{block_m, block_n, num_warps, stages, smem_bytes} of attn_bwd_kernel on sm_`arch`: the preferred
     tile double-buffered, else single-buffered, else the fallbacks likewise."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
     widest = max(head_dim, head_dim_v)
     key, preferred = next((limit, cfg) for limit, cfg in _BWD_PREFERRED if widest <= limit)
+    if causal:
+        preferred = _BWD_PREFERRED_CAUSAL.get(key, preferred)
     limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
     for block_m, block_n, num_warps in (preferred, *_BWD_FALLBACKS[key]):
         for stages in (2, 1):

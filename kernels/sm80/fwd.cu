@@ -28,9 +28,6 @@
 #ifndef KV_STAGES
 #define KV_STAGES 1
 #endif
-#ifndef ATTN_MIN_BLOCKS  // resident CTAs per SM asked of ptxas (caps registers); tile experiments only
-#define ATTN_MIN_BLOCKS 1
-#endif
 
 namespace attn {
 namespace sm80 {
@@ -232,7 +229,7 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const float (&o
 // The kernel.  grid = (ceil(max seqlen_q / BLOCK_M), heads_q, batch), block = NUM_WARPS * 32,
 // dynamic shared memory = kSmemBytes (= sm80_tiles.shared_memory_bytes).
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32, ATTN_MIN_BLOCKS) attn_fwd_kernel(const FwdParams p) {
+extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(const FwdParams p) {
   using namespace attn;
   using namespace attn::sm80;
 
