@@ -51,10 +51,19 @@ def shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: i
     return (block_m * max(qk, v) + stages * block_n * qk + block_n * v) * dtype_bytes
 
 
+def smem_limit(arch: int) -> int:
+    """Largest dynamic shared memory per block on sm_`arch` (unknown archs: the smallest class)."""
+    return MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+
+
+def _two_if_fits(smem_of_stages, arch: int) -> int:
+    """2 (double-buffered) when smem_of_stages(2) fits sm_`arch`'s shared memory, else 1."""
+    return 2 if smem_of_stages(2) <= smem_limit(arch) else 1
+
+
 def forward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, arch: int) -> int:
     """K tile buffers of attn_fwd_kernel: 2 where they fit sm_`arch`'s shared memory, else 1."""
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    return 2 if shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit else 1
+    return _two_if_fits(lambda stages: shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, stages), arch)
 
 
 def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
@@ -62,34 +71,36 @@ def tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) ->
     89, 90 ...)."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
-
-    def stages(m: int, n: int) -> int:
-        return forward_stages(head_dim, head_dim_v, m, n, arch)
-
-    cfg = _first_fitting(_PREFERRED, _FALLBACKS,
-                         lambda m, n: shared_memory_bytes(head_dim, head_dim_v, m, n, stages(m, n)),
-                         head_dim, head_dim_v, arch, "tile")
-    return {**cfg, "stages": stages(cfg["block_m"], cfg["block_n"])}
+    _, preferred = _by_widest(_PREFERRED, head_dim, head_dim_v)
+    return _first_fitting((preferred, *_FALLBACKS),
+                          lambda m, n: forward_stages(head_dim, head_dim_v, m, n, arch),
+                          lambda m, n, stages: shared_memory_bytes(head_dim, head_dim_v, m, n, stages),
+                          head_dim, head_dim_v, arch, "tile")
 
 
-def _first_fitting(preferred_by_dim, fallbacks, smem_of, head_dim: int, head_dim_v: int, arch: int,
-                   what: str) -> dict:
-    """The preferred (block_m, block_n, num_warps) for the wider head dim, else the first fallback,
-    whose shared memory smem_of(block_m, block_n) fits sm_`arch`."""
+def _by_widest(table, head_dim: int, head_dim_v: int) -> tuple:
+    """(limit, entry) of the first row of `table` whose head-dim limit covers the wider head dim."""
     widest = max(head_dim, head_dim_v)
-    preferred = next(cfg for limit, cfg in preferred_by_dim if widest <= limit)
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    for block_m, block_n, num_warps in (preferred, *fallbacks):
-        smem = smem_of(block_m, block_n)
+    return next((limit, entry) for limit, entry in table if widest <= limit)
+
+
+def _first_fitting(candidates, stages_of, smem_of, head_dim: int, head_dim_v: int, arch: int, what: str) -> dict:
+    """The first (block_m, block_n, num_warps) of `candidates` whose shared memory
+    smem_of(block_m, block_n, stages), with stages = stages_of(block_m, block_n), fits sm_`arch`."""
+    limit = smem_limit(arch)
+    for block_m, block_n, num_warps in candidates:
+        stages = stages_of(block_m, block_n)
+        smem = smem_of(block_m, block_n, stages)
         if smem <= limit:
-            return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "smem_bytes": smem}
+            return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "stages": stages,
+                    "smem_bytes": smem}
     raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 {what} fits {limit} bytes of shared memory "
                      f"on sm_{arch}")
 
 
 def check_fits(smem_bytes: int, arch: int, kernel: str) -> None:
     """ValueError when a (pinned) tile needs more dynamic shared memory than sm_`arch` gives a block."""
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
+    limit = smem_limit(arch)
     if smem_bytes > limit:
         raise ValueError(f"{kernel}: needs {smem_bytes} bytes of shared memory per block; sm_{arch} allows {limit}")
 
@@ -158,9 +169,8 @@ def check_backward_tile(block_m: int, block_n: int, num_warps: int) -> None:
 
 def backward_stages(head_dim: int, head_dim_v: int, block_m: int, block_n: int, arch: int) -> int:
     """2 (double-buffered query-side tiles) when that fits sm_`arch`'s shared memory, else 1."""
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    fits = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, 2) <= limit
-    return 2 if fits else 1
+    return _two_if_fits(
+        lambda stages: backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, stages), arch)
 
 
 def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80, causal: bool = False) -> dict:
@@ -168,24 +178,21 @@ def backward_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int
     tile double-buffered, else single-buffered, else the fallbacks likewise."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
-    widest = max(head_dim, head_dim_v)
-    key, preferred = next((limit, cfg) for limit, cfg in _BWD_PREFERRED if widest <= limit)
+    key, preferred = _by_widest(_BWD_PREFERRED, head_dim, head_dim_v)
     if causal:
         preferred = _BWD_PREFERRED_CAUSAL.get(key, preferred)
-    limit = MAX_DYNAMIC_SMEM.get(arch, _SMALLEST_SMEM)
-    for block_m, block_n, num_warps in (preferred, *_BWD_FALLBACKS[key]):
-        for stages in (2, 1):
-            smem = backward_shared_memory_bytes(head_dim, head_dim_v, block_m, block_n, stages)
-            if smem <= limit:
-                return {"block_m": block_m, "block_n": block_n, "num_warps": num_warps, "stages": stages,
-                        "smem_bytes": smem}
-    raise ValueError(f"head dims {head_dim}/{head_dim_v}: no sm80 backward tile fits {limit} bytes of shared "
-                     f"memory on sm_{arch}")
+    return _first_fitting((preferred, *_BWD_FALLBACKS[key]),
+                          lambda m, n: backward_stages(head_dim, head_dim_v, m, n, arch),
+                          lambda m, n, stages: backward_shared_memory_bytes(head_dim, head_dim_v, m, n, stages),
+                          head_dim, head_dim_v, arch, "backward tile")
 
 
 def dq_tile_config(head_dim: int, head_dim_v: int | None = None, arch: int = 80) -> dict:
-    """{block_m, block_n, num_warps, smem_bytes} of the deterministic attn_bwd_dq_kernel on sm_`arch`."""
+    """{block_m, block_n, num_warps, stages (always 1), smem_bytes} of the deterministic
+    attn_bwd_dq_kernel on sm_`arch`."""
     head_dim_v = head_dim if head_dim_v is None else head_dim_v
     _check_dims(head_dim, head_dim_v)
-    return _first_fitting(_DQ_PREFERRED, _DQ_FALLBACKS, lambda m, n: dq_shared_memory_bytes(head_dim, head_dim_v, m, n),
+    _, preferred = _by_widest(_DQ_PREFERRED, head_dim, head_dim_v)
+    return _first_fitting((preferred, *_DQ_FALLBACKS), lambda m, n: 1,
+                          lambda m, n, stages: dq_shared_memory_bytes(head_dim, head_dim_v, m, n),
                           head_dim, head_dim_v, arch, "dQ tile")
