@@ -11,12 +11,12 @@
 //                                the same bits on every run
 //   attn_bwd_dq_convert_kernel   (IS_DETERMINISTIC=0 only) dQ = scale * accumulator, in the input dtype
 //
-// attn_bwd_kernel works on transposed scores: a warp owns 16 keys (the m16 rows of S^T = K Q^T and
-// dP^T = V dO^T) and BLOCK_M / DSPLIT query columns.  With DSPLIT = NUM_WARPS / (BLOCK_N / 16) = 1 the
-// probabilities P^T and dS^T stay in registers as the A operands of dV += P^T dO and dK += dS^T Q;
-// with DSPLIT = 2 (large head dims) two warps share 16 keys, each computes half of the query columns
-// and keeps half of the dK / dV columns, and P^T, dS^T go through shared memory.  P is recomputed from
-// the forward's LSE; a row whose LSE is -inf (no visible key) gets P = 0 and so zero gradients.
+// attn_bwd_kernel works on transposed scores, with warps in pairs: each pair owns a slab of
+// BLOCK_N / (NUM_WARPS / 2) keys (16 or 32: one or two m16 rows of S^T = K Q^T and dP^T = V dO^T);
+// one warp of a pair computes them for the first BLOCK_M / 2 query columns, the other for the rest,
+// and each keeps half of the dK / dV columns.  P^T and dS^T go through shared memory between the
+// two.  P is recomputed from the forward's LSE; a row whose LSE is -inf (no visible key) gets P = 0
+// and so zero gradients.
 //
 // Launch contract: backends/nvrtc/sm80_tiles.py (grids, shared memory) and backends/nvrtc/backward.py
 // (workspace layout).  Semantics: docs/semantics.md.  The runtime prepends `struct BwdParams`.
