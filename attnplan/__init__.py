@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .api import attention, attention_backward, describe
 from .descriptor import AttentionDescriptor, PagedKV
 from .device import Device
-from .errors import (AttnPlanError, InvalidArguments, InvalidDescriptor, KernelCompileError,
+from .errors import (AttnPlanError, InvalidArguments, InvalidDescriptor, InvalidPolicy, KernelCompileError,
                      NoPlanError, SkuMismatch)
 from .plan import AttentionResult, Plan, Verdict, explain
 from .sku import KernelSku, PrecisionGuarantee
@@ -19,6 +19,6 @@ from .sku import KernelSku, PrecisionGuarantee
 __all__ = [
     "AttentionDescriptor", "PagedKV", "Device", "Plan", "AttentionResult", "Verdict", "explain",
     "KernelSku", "PrecisionGuarantee", "attention", "attention_backward", "describe",
-    "AttnPlanError", "InvalidArguments", "InvalidDescriptor", "KernelCompileError", "NoPlanError",
+    "AttnPlanError", "InvalidArguments", "InvalidDescriptor", "InvalidPolicy", "KernelCompileError", "NoPlanError",
     "SkuMismatch",
 ]

@@ -12,13 +12,19 @@ from .device import Device
 from .errors import InvalidArguments
 from .interop import as_host_index, as_tensor
 from .plan import Plan
+from .policy import resolve_policy
 
 PLAN_CACHE_SIZE = 256
 
 
-@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _cached_plan(desc: AttentionDescriptor, device: Device, backend: Optional[str]) -> Plan:
-    return Plan.select(desc, device, prefer=backend, restrict=backend is not None)
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)        # thread-safe; two threads may build one plan twice
+def _selected_plan(desc: AttentionDescriptor, device: Device, backend: Optional[str], policy: str) -> Plan:
+    return Plan.select(desc, device, prefer=backend, restrict=backend is not None, policy=policy)
+
+
+def _cached_plan(desc: AttentionDescriptor, device: Device, backend: Optional[str], policy: Optional[str]) -> Plan:
+    # The policy is resolved per call, so that $ATTNPLAN_POLICY set later still counts.
+    return _selected_plan(desc, device, backend, resolve_policy(policy))
 
 
 def _max_length(cu_seqlens, given: Optional[int], name: str) -> int:
@@ -88,24 +94,26 @@ _DESCRIBE_ONLY = ("causal", "causal_alignment", "window", "sink_tokens", "softca
                   "max_seqlen_q", "max_seqlen_kv", "layout", "return_lse", "deterministic", "out_dtype")
 
 
-def attention(q, k, v, *, backend: Optional[str] = None, out=None, **options):
+def attention(q, k, v, *, backend: Optional[str] = None, policy: Optional[str] = None, out=None, **options):
     """Attention of q, k, v (see docs/semantics.md).  Returns `out`, or `(out, lse)` with
-    `return_lse=True`, in the caller's array type."""
+    `return_lse=True`, in the caller's array type.  `backend` pins a backend (or family); `policy`
+    chooses among the rest ("fastest", "first", "autotune"; see Plan.select)."""
     _reject_unknown(options)
     desc = describe(q, k, v, **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:7]})
-    plan = _cached_plan(desc, _device_of(q), backend)
+    plan = _cached_plan(desc, _device_of(q), backend, policy)
     run_args = {n: options[n] for n in _RUN_ARGUMENTS if options.get(n) is not None}
     result = plan.run(q=q, k=k, v=v, out=out, **run_args)
     return (result.out, result.lse) if desc.return_lse else result.out
 
 
-def attention_backward(dout, q, k, v, out, lse, *, backend: Optional[str] = None, **options):
+def attention_backward(dout, q, k, v, out, lse, *, backend: Optional[str] = None, policy: Optional[str] = None,
+                       **options):
     """Gradients `(dq, dk, dv)` (plus `dsink_logits` when sink logits are used)."""
     _reject_unknown(options)
     options.pop("return_lse", None)
     desc = describe(q, k, v, direction="backward",
                     **{n: options[n] for n in options if n in _DESCRIBE_ONLY + _RUN_ARGUMENTS[:7]})
-    plan = _cached_plan(desc, _device_of(q), backend)
+    plan = _cached_plan(desc, _device_of(q), backend, policy)
     run_args = {n: options[n] for n in _RUN_ARGUMENTS if options.get(n) is not None}
     return plan.run(q=q, k=k, v=v, out=out, lse=lse, dout=dout, **run_args)
 

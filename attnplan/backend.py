@@ -9,7 +9,7 @@ import attrs
 from .capabilities import Capabilities
 from .descriptor import AttentionDescriptor
 from .device import Device
-from .sku import KernelSku
+from .sku import KernelSku, PrecisionGuarantee
 
 
 @attrs.frozen(eq=False)
@@ -28,14 +28,30 @@ class Executable:
 
 
 class Backend:
-    """Subclasses set `name` and `capabilities` and implement `kernel_name` and `build`."""
+    """Subclasses set `name` and `capabilities` and implement `kernel_name`, `precision` and `build`.
+
+    Two kinds of reasons: `reasons` says what the backend cannot do for this problem on this kind of
+    device (tile limits, semantics it cannot express); `availability` says what this machine lacks
+    (a library, a present GPU).  The planner ranks every backend without the first kind, so that a
+    described device shows what a real one would run; only one without either kind is chosen.
+    """
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
+    # Ranked after every other candidate by every policy (the reference: correct, never fast).
+    last_resort: bool = False
 
     def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
-        """Reasons of this backend's own (missing libraries, tile limits); empty: none."""
+        """What this backend cannot do for `desc` on `device`, beyond the declared capabilities."""
         return []
+
+    def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        """What this machine lacks for this backend to run (libraries, a present device)."""
+        return []
+
+    def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:
+        """The guarantee a plan for `desc` will carry (known before building: the planner's tie rule)."""
+        raise NotImplementedError
 
     def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""The `attnplan` command: info, explain, run, cache (and bench)."""
+"""The `attnplan` command: info, explain, run, tune, cache (and bench)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .accuracy import relative_l2_error
 from .descriptor import AttentionDescriptor, PagedKV
 from .device import as_device
 from .errors import AttnPlanError
-from .plan import Plan, explain
+from .plan import Plan, assess
 from .problems import random_inputs
 from .timing import median, time_ms
 
@@ -81,32 +81,71 @@ def cmd_info(args) -> int:
     table = Table("backend", "libraries", "available on this device")
     for backend in registry.backends():
         versions = ", ".join(f"{k} {v}" for k, v in backend.library_versions().items()) or "-"
-        own = backend.reasons(AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1,
-                                                  head_dim=64, dtype="f16"), device)
+        probe = AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1, head_dim=64, dtype="f16")
+        own = backend.availability(probe, device) or backend.reasons(probe, device)
         table.add_row(backend.name, versions, "yes" if not own else "; ".join(own))
     console.print(table)
     return 0
 
 
 def _verdict_table(verdicts) -> Table:
-    table = Table("backend", "kernel", "verdict", show_lines=False)
+    table = Table("", "backend", "kernel", "estimate TFLOP/s", "estimate us", "measured ms", "verdict",
+                  show_lines=False)
     for v in verdicts:
+        mark = "*" if v.backend == verdicts.choice else (str(verdicts.ranking.index(v.backend) + 1)
+                                                         if v.backend in verdicts.ranking else "")
         # Reasons are plain text: "[cuda13]" in a pip hint must not be read as rich markup.
-        table.add_row(v.backend, v.kernel, "[green]accepted[/green]" if v.accepted else escape("; ".join(v.reasons)))
+        table.add_row(mark, v.backend, v.kernel, f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
+                      f"{v.estimate_us:.1f}" if v.estimate_us else "-",
+                      f"{v.measured_ms:.3f}" if v.measured_ms else "-",
+                      "[green]accepted[/green]" if v.accepted else escape("; ".join(v.reasons)))
     return table
 
 
 def cmd_explain(args) -> int:
     device = as_device(args.device)
     desc = descriptor_from(args, device)
+    restrict = args.backend is not None
+    verdicts = assess(desc, device, prefer=args.backend, restrict=restrict, policy=args.policy)
+    if args.json:
+        print(json.dumps({"problem": desc.to_dict(), "device": str(device), **verdicts.as_json()}, default=str))
+        return 0 if verdicts.choice else 1
     console.print(f"problem: {json.dumps(desc.to_dict())}")
     console.print(f"device: {device}")
-    console.print(_verdict_table(explain(desc, device, prefer=args.backend)))
+    console.print(_verdict_table(verdicts))
+    console.print(f"policy {verdicts.policy}: ranking {', '.join(verdicts.ranking) or '-'}")
+    console.print(f"choice: {verdicts.choice or '-'} ({escape(verdicts.why)})")
+    if verdicts.choice is None:
+        console.print("[red]no plan[/red]: NoPlanError")
+        return 1
     try:
-        plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None)
+        plan = Plan.select(desc, device, prefer=args.backend, restrict=restrict, policy=args.policy)
     except AttnPlanError as exc:
         console.print(f"[red]no plan[/red]: {exc.__class__.__name__}")
         return 1
+    console.print(f"chosen SKU: {plan.sku.to_json()}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    device = as_device(args.device)
+    desc = descriptor_from(args, device)
+    restrict = args.backend is not None
+    # Measure (again, with --force) and remember; the plan then comes from the fresh cache entry.
+    verdicts = assess(desc, device, prefer=args.backend, restrict=restrict, policy="autotune", measure=True,
+                      retune=args.force)
+    plan = Plan.select(desc, device, prefer=args.backend, restrict=restrict, policy="autotune")
+    table = Table("backend", "kernel", "measured ms", "measured TFLOP/s", "estimate TFLOP/s", "verdict")
+    for v in verdicts:
+        table.add_row(("* " if v.backend == verdicts.choice else "") + v.backend, v.kernel,
+                      f"{v.measured_ms:.4f}" if v.measured_ms else "-",
+                      f"{v.measured_tflops:.2f}" if v.measured_tflops else "-",
+                      f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
+                      "accepted" if v.accepted else escape("; ".join(v.reasons)))
+    console.print(f"problem: {json.dumps(desc.to_dict())}")
+    console.print(f"device: {device}")
+    console.print(table)
+    console.print(f"choice: {verdicts.choice} ({escape(verdicts.why)})")
     console.print(f"chosen SKU: {plan.sku.to_json()}")
     return 0
 
@@ -118,7 +157,7 @@ def _reference_plan(desc, device):
 def cmd_run(args) -> int:
     device = as_device(args.device)
     desc = descriptor_from(args, device)
-    plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None)
+    plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None, policy=args.policy)
     inputs = random_inputs(desc, device, seed=args.seed)
     reference = _reference_plan(desc, device)
     if desc.direction == "backward":
@@ -172,13 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="device, arch, backends and their library versions")
     info.add_argument("--device", default=None)
     info.set_defaults(func=cmd_info)
-    for name, func, text in (("explain", cmd_explain, "each backend's verdict and the chosen SKU"),
-                             ("run", cmd_run, "random inputs through a backend, checked against the reference")):
+    for name, func, text in (("explain", cmd_explain, "each backend's verdict, estimate and rank, and the choice"),
+                             ("run", cmd_run, "random inputs through a backend, checked against the reference"),
+                             ("tune", cmd_tune, "time every accepting backend on the problem, remember the winner")):
         p = sub.add_parser(name, help=text)
         add_problem_arguments(p)
         if name == "run":
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--repeats", type=int, default=10)
+        if name in ("explain", "run"):
+            p.add_argument("--policy", default=None, help="fastest | first | autotune (default $ATTNPLAN_POLICY, "
+                                                          "else fastest)")
+        if name == "explain":
+            p.add_argument("--json", action="store_true", help="one JSON object: problem, device, verdicts, "
+                                                               "ranking, choice")
+        if name == "tune":
+            p.add_argument("--force", action="store_true", help="measure again even if the cache has an answer")
         p.set_defaults(func=func)
     cache = sub.add_parser("cache", help="the compiled-kernel cache")
     cache.add_argument("action", choices=("list", "clear", "warmup"))

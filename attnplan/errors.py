@@ -15,6 +15,14 @@ class InvalidDescriptor(AttnPlanError, ValueError):
         super().__init__(f"{owner}.{field}={value!r} is invalid: {allowed}")
 
 
+class InvalidPolicy(AttnPlanError, ValueError):
+    """A planner policy (the `policy=` argument or $ATTNPLAN_POLICY) that does not exist."""
+
+    def __init__(self, source: str, value, allowed: str):
+        self.field, self.value, self.allowed = source, value, allowed
+        super().__init__(f"{source}={value!r} is invalid: {allowed}")
+
+
 class InvalidArguments(AttnPlanError, ValueError):
     """A run-time argument does not fit the plan (shape, dtype, stride, device, values)."""
 

@@ -3,7 +3,7 @@ one loop over the registry; every rejected backend says why."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import attrs
 
@@ -16,40 +16,142 @@ from .device import Device, as_device
 from .dtypes import lse_dtype
 from .errors import InvalidArguments, NoPlanError, SkuMismatch
 from .interop import empty, to_caller, wrap_storage
+from .policy import DEFAULT_POLICY, Candidate, Ranking, rank, resolve_policy
 from .sku import KernelSku
+from .tuning import autotune
+from .tuning.table import table_for, table_name
 
 
 @attrs.frozen
 class Verdict:
     backend: str
     kernel: str
-    accepted: bool
+    accepted: bool                    # it can run here: capable, and this machine has what it needs
     reasons: tuple = ()
+    capable: bool = True              # its capability checks accept (ranked even where not installed)
+    estimate_tflops: Optional[float] = None
+    estimate_us: Optional[float] = None
+    estimate_source: str = ""         # the table cell and how it was read, or "" without an estimate
+    measured_ms: Optional[float] = None       # autotune: the median measured on this device
+    measured_tflops: Optional[float] = None
 
 
 class Verdicts(list):
-    """The verdict of every backend, printable as a table."""
+    """The verdict of every backend, printable as a table, with the policy's ranking: `ranking` lists
+    the capable backends, best first; `choice` is the first of them that can run here (what
+    `Plan.select` builds), or None; `why` says why it ranks first."""
+
+    policy: str = DEFAULT_POLICY
+    ranking: tuple = ()
+    choice: Optional[str] = None
+    why: str = ""
+
+    def of(self, backend: str) -> Verdict:
+        return next(v for v in self if v.backend == backend)
 
     def __str__(self) -> str:
-        rows = [("backend", "kernel", "verdict")]
+        rows = [("", "backend", "kernel", "TFLOP/s", "verdict")]
         for v in self:
-            rows.append((v.backend, v.kernel, "accepted" if v.accepted else "; ".join(v.reasons)))
-        widths = [max(len(r[i]) for r in rows) for i in range(2)]
-        return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}" for r in rows)
+            mark = "*" if v.backend == self.choice else (str(self.ranking.index(v.backend) + 1)
+                                                         if v.backend in self.ranking else "")
+            tflops = v.measured_tflops or v.estimate_tflops
+            rows.append((mark, v.backend, v.kernel, f"{tflops:.0f}" if tflops else "-",
+                         "accepted" if v.accepted else "; ".join(v.reasons)))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+        lines.append(f"policy {self.policy}: {self.choice or 'no choice'} ({self.why})")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict:
+        return {"verdicts": [{"backend": v.backend, "kernel": v.kernel, "accepted": v.accepted,
+                              "reasons": list(v.reasons), "estimate_tflops": v.estimate_tflops,
+                              "estimate_us": v.estimate_us, "estimate_source": v.estimate_source,
+                              "measured_ms": v.measured_ms, "measured_tflops": v.measured_tflops} for v in self],
+                "policy": self.policy, "ranking": list(self.ranking), "choice": self.choice, "why": self.why}
 
 
 def _verdict(backend: Backend, desc: AttentionDescriptor, device: Device) -> Verdict:
     reasons = capability_reasons(backend.capabilities, desc, device)
     if not reasons:
         reasons = backend.reasons(desc, device)
+    capable = not reasons
+    if capable:
+        reasons = backend.availability(desc, device)
     kernel = backend.kernel_name(desc, device) if not reasons else "-"
-    return Verdict(backend.name, kernel, not reasons, tuple(reasons))
+    return Verdict(backend.name, kernel, not reasons, tuple(reasons), capable)
 
 
-def explain(desc: AttentionDescriptor, device=None, prefer=None) -> Verdicts:
-    """Why each registered backend accepts or rejects `desc` on `device`."""
-    device = as_device(device)
-    return Verdicts(_verdict(b, desc, device) for b in registry.ordered(prefer))
+def _with_estimate(verdict: Verdict, desc: AttentionDescriptor, device: Device) -> Verdict:
+    table = table_for(device.arch_name) if device.kind == "cuda" and device.arch is not None else None
+    estimate = table.estimate(verdict.backend, desc) if table is not None and verdict.capable else None
+    if estimate is None:
+        return verdict
+    return attrs.evolve(verdict, estimate_tflops=round(estimate.tflops, 1), estimate_us=round(estimate.us, 2),
+                        estimate_source=estimate.source)
+
+
+def assess(desc: AttentionDescriptor, device: Device, prefer=None, restrict: bool = False, policy=None,
+           measure: bool = False, retune: bool = False) -> Verdicts:
+    """Every backend's verdict and the policy's ranking.  With `measure`, the autotune policy times
+    the candidates when its cache has no answer (or always, with `retune`); without, it reads the
+    cache only."""
+    policy = resolve_policy(policy)
+    chosen = registry.ordered(prefer, restrict)
+    verdicts = Verdicts(_with_estimate(_verdict(b, desc, device), desc, device) for b in chosen)
+    by_name = {b.name: b for b in chosen}
+    basis = f"the {table_name(device.arch_name)} table" if device.kind == "cuda" else "a table"
+    times = {v.backend: v.estimate_us for v in verdicts}
+    if policy == "autotune":
+        tuned, note = autotune.ranking_times(desc, device, [v for v in verdicts if v.accepted], by_name, measure,
+                                             retune)
+        if tuned is not None:
+            verdicts[:] = [attrs.evolve(v, measured_ms=tuned.get(v.backend, (None, None))[0],
+                                        measured_tflops=tuned.get(v.backend, (None, None))[1]) for v in verdicts]
+            times = {name: ms * 1e3 for name, (ms, _) in tuned.items()}
+        basis = note
+    candidates = [Candidate(v.backend, i, by_name[v.backend].precision(desc, device), by_name[v.backend].last_resort,
+                            times.get(v.backend)) for i, v in enumerate(verdicts) if v.capable]
+    measured = policy == "autotune" and any(v.measured_ms for v in verdicts)
+    ranking = _preferred_first(rank(candidates, "first" if policy == "first" else "fastest", basis, measured), prefer)
+    verdicts.policy, verdicts.ranking, verdicts.why = policy, ranking.order, ranking.why
+    verdicts.choice = next((name for name in ranking.order if verdicts.of(name).accepted), None)
+    passed = ranking.order[:ranking.order.index(verdicts.choice)] if verdicts.choice else ranking.order
+    if passed:
+        verdicts.why += f"; {', '.join(passed)} cannot run on this machine"
+    return verdicts
+
+
+def _preferred_first(ranking: Ranking, prefer) -> Ranking:
+    """`prefer` wins over the policy: the named backends (or families) first, in the order named,
+    each group in the policy's order."""
+    if prefer is None:
+        return ranking
+    names = [prefer] if isinstance(prefer, str) else list(prefer)
+    groups = [[n for n in ranking.order if registry.matches(n, [want])] for want in names]
+    order = []
+    for group in groups:
+        order += [n for n in group if n not in order]
+    order += [n for n in ranking.order if n not in order]
+    why = ranking.why if order[:1] == list(ranking.order[:1]) else f"preferred: {', '.join(names)}; {ranking.why}"
+    return attrs.evolve(ranking, order=tuple(order), why=why)
+
+
+def explain(desc: AttentionDescriptor, device=None, prefer=None, policy=None) -> Verdicts:
+    """Why each registered backend accepts or rejects `desc` on `device`, with the estimates, the
+    ranking and the choice `Plan.select` would make (autotune: from its cache, measuring nothing)."""
+    return assess(desc, as_device(device), prefer, policy=policy)
+
+
+def _backend_of(sku: KernelSku, desc: AttentionDescriptor, device: Device) -> Backend:
+    """The backend a SKU names.  A SKU written before generations were registered apart names its
+    family ("nvrtc"); the member whose kernel name it carries is meant."""
+    members = registry.resolve(sku.backend)
+    if len(members) == 1:
+        return members[0]
+    for backend in members:
+        if _verdict(backend, desc, device).capable and backend.kernel_name(desc, device) == sku.kernel:
+            return backend
+    raise KeyError(f"SKU backend {sku.backend!r} is a family; none of {[b.name for b in members]} builds {sku.kernel}")
 
 
 class AttentionResult(NamedTuple):
@@ -62,28 +164,31 @@ class Plan:
 
     def __init__(self, desc: AttentionDescriptor, device: Device, backend: Backend, executable: Executable):
         self.desc, self.device, self.backend, self._executable = desc, device, backend, executable
+        self.verdicts: Optional[Verdicts] = None        # set by select: every verdict and why this plan
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def select(cls, desc: AttentionDescriptor, device=None, prefer=None, restrict: bool = False) -> "Plan":
-        """The first backend (in preference order) that accepts `desc`; `prefer` names backends
-        to try first (or only, with `restrict=True`)."""
+    def select(cls, desc: AttentionDescriptor, device=None, prefer=None, restrict: bool = False,
+               policy: Optional[str] = None) -> "Plan":
+        """The best backend for `desc` by `policy` ("fastest", "first" or "autotune"; default
+        $ATTNPLAN_POLICY, else "fastest").  `prefer` names backends (or families) to try first, or only
+        with `restrict=True`; it wins over the policy.  `plan.verdicts` says why this one."""
         device = as_device(device)
-        verdicts = Verdicts()
-        for backend in registry.ordered(prefer, restrict):
-            verdict = _verdict(backend, desc, device)
-            verdicts.append(verdict)
-            if verdict.accepted:
-                return cls(desc, device, backend, backend.build(desc, device))
-        raise NoPlanError(f"no backend accepts this problem on {device}:\n{verdicts}", verdicts)
+        verdicts = assess(desc, device, prefer, restrict, policy, measure=True)
+        if verdicts.choice is None:
+            raise NoPlanError(f"no backend accepts this problem on {device}:\n{verdicts}", verdicts)
+        backend = registry.get(verdicts.choice)
+        plan = cls(desc, device, backend, backend.build(desc, device))
+        plan.verdicts = verdicts
+        return plan
 
     @classmethod
     def from_sku(cls, desc: AttentionDescriptor, sku: KernelSku, device=None) -> "Plan":
         """Exactly the kernel `sku` names, or SkuMismatch saying why it cannot be had."""
         device = as_device(device)
         try:
-            backend = registry.get(sku.backend)
+            backend = _backend_of(sku, desc, device)
         except KeyError as exc:
             raise SkuMismatch(str(exc)) from None
         verdict = _verdict(backend, desc, device)
@@ -98,7 +203,7 @@ class Plan:
         except (ValueError, KeyError, TypeError) as exc:
             raise SkuMismatch(f"backend {sku.backend!r} cannot build the pinned config {sku.config_dict}: {exc}") from None
         plan = cls(desc, device, backend, executable)
-        if plan.sku.identity() != sku.identity():
+        if plan.sku.identity() != (backend.name,) + sku.identity()[1:]:      # a family name means its member
             raise SkuMismatch(f"backend built {plan.sku.kernel} {plan.sku.config_dict}, "
                               f"pinned SKU is {sku.kernel} {sku.config_dict}")
         return plan
@@ -170,4 +275,4 @@ class Plan:
         return grads
 
 
-__all__ = ["Plan", "Verdict", "Verdicts", "explain", "AttentionResult"]
+__all__ = ["Plan", "Verdict", "Verdicts", "explain", "assess", "AttentionResult"]

@@ -15,7 +15,7 @@ from attnplan.backends.nvrtc.backend import NvrtcBackend
 from attnplan.bench.contenders import prepare_plan
 from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved
 from attnplan.bench.problems import standard_problem
-from attnplan.bench.runner import _input_sets, device_description, reference_targets
+from attnplan.bench.runner import device_description, input_sets, reference_targets
 from attnplan.device import default_device
 from attnplan.plan import Plan
 
@@ -43,7 +43,7 @@ def sweep(direction: str, head_dims, seqlens, device, rows: list) -> None:
             for causal in (False, True):
                 problem = standard_problem("bf16", head_dim, seqlen, causal, direction)
                 desc = problem.descriptor()
-                sets = _input_sets(desc, device, 0)
+                sets = input_sets(desc, device, 0)
                 fixed, want, select = reference_targets(desc, sets)
                 timed = []
                 for cfg in candidates(direction, head_dim):

@@ -56,7 +56,7 @@ def test_explain_on_cpu_shows_verdicts_and_the_chosen_sku(capsys):
     text = capsys.readouterr().out
     assert line_after(text, "device: ") == "cpu"
     assert "accepted" in table_row(text, "reference")
-    assert "not cpu" in table_row(text, "nvrtc")
+    assert "not cpu" in table_row(text, "nvrtc.sm80")
     sku = KernelSku.from_json(line_after(text, "chosen SKU: "))
     assert sku.backend == "reference" and sku.arch == "cpu" and sku.dtype == "bf16"
 
@@ -85,7 +85,7 @@ def test_explain_on_a_described_gpu_gives_nvrtc_reasons(capsys):
     code = cli.main(["explain", "--device", "sm_90", "--dtype", "f64", "--head-dim", "20", "--backend", "nvrtc"])
     text = capsys.readouterr().out
     assert code == 1 and "no plan" in text                       # nvrtc alone cannot take it
-    row = table_row(text, "nvrtc")
+    row = table_row(text, "nvrtc.sm80")
     assert "'f64'" in row and "head_dim=20" in row
     assert "sm_90" in line_after(text, "device: ")
 
@@ -93,7 +93,7 @@ def test_explain_on_a_described_gpu_gives_nvrtc_reasons(capsys):
 def test_explain_restricted_to_a_rejecting_backend(capsys):
     assert cli.main(["explain", "--device", "cpu", "--backend", "nvrtc", *SMALL]) == 1
     text = capsys.readouterr().out
-    assert "NoPlanError" in text and "not cpu" in table_row(text, "nvrtc")
+    assert "NoPlanError" in text and "not cpu" in table_row(text, "nvrtc.sm80")
     assert "chosen SKU" not in text
 
 

@@ -72,7 +72,7 @@ def test_semantic_mismatches_are_explained_everywhere(fields, words):
 def test_library_versions_and_info_do_not_crash():
     versions = CudnnBackend().library_versions()
     assert isinstance(versions, dict)
-    assert CudnnBackend().reasons(_desc(), Device.cpu())     # called directly (attnplan info)
+    assert CudnnBackend().availability(_desc(), Device.cpu())     # called directly (attnplan info)
 
 
 def test_f32_is_a_capability_reason():

@@ -7,6 +7,7 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -52,6 +53,10 @@ def add_bench_parser(sub) -> None:
     c.add_argument("b")
     c.add_argument("--threshold", type=float, default=0.05)
     c.set_defaults(func=cmd_compare)
+    t = inner.add_parser("table", help="the planner's table (attnplan/tuning/<arch>.json) from results files")
+    t.add_argument("results", nargs="+", help="bench results JSON files of one arch (same-run sweeps)")
+    t.add_argument("-o", "--output", required=True, help="the table to write, e.g. attnplan/tuning/sm90.json")
+    t.set_defaults(func=cmd_table)
 
 
 def cmd_bench(args) -> int:
@@ -162,6 +167,20 @@ def cmd_compare(args) -> int:
     if not rows:
         console.print("[yellow]no problem/backend in common[/yellow]")
     return 1 if any(r["regression"] for r in rows) else 0
+
+
+def cmd_table(args) -> int:
+    from attnplan.tuning.generate import write_table
+    console = _console()
+    try:
+        path, table = write_table(args.results, args.output)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        return 2
+    candidates = sorted({c.key.candidate for c in table.cells})
+    console.print(f"{path}: {len(table.cells)} cells for {table.arch} ({', '.join(candidates)}) "
+                  f"from {len(table.sources)} results files")
+    return 0
 
 
 def _console() -> Console:

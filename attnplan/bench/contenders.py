@@ -47,7 +47,7 @@ def prepare_plan(backend: str, desc, input_sets: list[dict], fixed: list, plan: 
     plan_holder: dict = {}
 
     def build():
-        chosen = plan or Plan.select(desc, prefer=backend, restrict=True)
+        chosen = plan or Plan.select(desc, prefer=backend, restrict=True, policy="first")
         plan_holder["plan"] = chosen
         q = as_tensor(input_sets[0]["q"], "q")
         if desc.direction == "forward":

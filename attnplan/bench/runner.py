@@ -27,7 +27,8 @@ from .problems import BenchProblem
 MAX_INPUT_SETS = 4
 
 
-def _input_sets(desc, device: Device, seed: int) -> list[dict]:
+def input_sets(desc, device: Device, seed: int = 0) -> list[dict]:
+    """Fresh random inputs for `desc`: enough sets that rotating them defeats the L2 cache."""
     first = random_inputs(desc, device, seed=seed, vary_lengths=False)
     nbytes = sum(as_tensor(first[n], n).data.nbytes for n in ("q", "k", "v"))
     l2 = _l2_bytes(device)
@@ -135,11 +136,11 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
                "rows": rows, "skipped": skipped}
     for problem in problems:
         desc = problem.descriptor()
-        sets = _input_sets(desc, device, seed)
+        sets = input_sets(desc, device, seed)
         fixed, want, select = reference_targets(desc, sets)
         contenders = []
         for verdict in explain(desc, device):
-            if backends is not None and verdict.backend not in backends:
+            if backends is not None and not registry.matches(verdict.backend, backends):
                 continue
             if verdict.backend == "reference" and not (include_reference or not on_gpu):
                 continue
@@ -154,27 +155,34 @@ def run_sweep(problems: Iterable[BenchProblem], backends: Optional[list[str]] = 
                 skipped.append({"problem": problem.as_dict(), "backend": name, "reason": reason})
                 continue
             contenders.append((name, lambda n=name: peers.prepare(n, desc, sets, fixed)))
-        checked = [_prepare_checked(problem, desc, name, prepare, want, select) for name, prepare in contenders]
-        timed = [(row, prepared) for row, prepared in checked if prepared is not None]
-        all_times = time_interleaved([prepared for _, prepared in timed], len(sets), repeats, warmup, on_gpu)
-        for (row, _), times in zip(timed, all_times):
-            row["ms"] = median(times)
-            row["tflops"] = desc.flops() / (row["ms"] * 1e-3) / 1e12
-            row["times_ms"] = [round(t, 5) for t in times]
-        for row, _ in checked:
+        for row in measure_contenders(problem.as_dict(), desc, contenders, len(sets), want, select, repeats, warmup,
+                                      on_gpu):
             rows.append(row)
             if on_row:
                 on_row(row)
-        del checked, timed
         if on_problem:
             on_problem(problem, results)
     return results
 
 
-def _prepare_checked(problem, desc, name, prepare, want, select):
+def measure_contenders(problem: dict, desc, contenders, sets: int, want, select, repeats: int, warmup: int,
+                       on_gpu: bool) -> list[dict]:
+    """One results row per (name, prepare) contender: prepared, checked against `want`, and only if
+    correct timed (events, interleaved rounds, median)."""
+    checked = [_prepare_checked(problem, desc, name, prepare, want, select) for name, prepare in contenders]
+    timed = [(row, prepared) for row, prepared in checked if prepared is not None]
+    all_times = time_interleaved([prepared for _, prepared in timed], sets, repeats, warmup, on_gpu)
+    for (row, _), times in zip(timed, all_times):
+        row["ms"] = median(times)
+        row["tflops"] = desc.flops() / (row["ms"] * 1e-3) / 1e12
+        row["times_ms"] = [round(t, 5) for t in times]
+    return [row for row, _ in checked]
+
+
+def _prepare_checked(problem: dict, desc, name, prepare, want, select):
     """(row, prepared): the contender prepared and checked against the reference; prepared is None
     when it failed or answered wrong (the row says which), so that it is not timed."""
-    row = {"problem": {**problem.as_dict(), "flops": desc.flops()}, "backend": name, "sku": None, "ms": None,
+    row = {"problem": {**problem, "flops": desc.flops()}, "backend": name, "sku": None, "ms": None,
            "tflops": None, "correct": False}
     try:
         prepared = prepare()

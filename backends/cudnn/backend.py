@@ -45,8 +45,15 @@ class CudnnBackend(Backend):
 
     def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
         reasons = semantic_reasons(desc)
-        if reasons:
-            return reasons
+        if reasons or self.availability(desc, device):
+            return reasons          # cuDNN's own support check needs the library and a present GPU
+        try:
+            GRAPHS.get(desc, device.index, canonical_geometry(desc))
+        except GraphUnsupported as exc:
+            return [f"cuDNN rejects the SDPA graph: {exc}"]
+        return []
+
+    def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
         problem = library.problem()
         if problem:
             return [problem]
@@ -59,11 +66,15 @@ class CudnnBackend(Backend):
             import cupy  # noqa: F401
         except ImportError:
             return ["CuPy is not installed (pip install attnplan[cuda13] or [cuda12])"]
-        try:
-            GRAPHS.get(desc, device.index, canonical_geometry(desc))
-        except GraphUnsupported as exc:
-            return [f"cuDNN rejects the SDPA graph: {exc}"]
         return []
+
+    def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:
+        # Forward: flash attention without atomics, one plan -> the same bits run to run.  Backward:
+        # cuDNN's default algorithm may accumulate dQ in any order; only with its deterministic
+        # algorithm (requested when desc.deterministic) is run-to-run bit equality promised.
+        deterministic = bool(desc.deterministic) if desc.direction == "backward" else True
+        return PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=deterministic,
+                                  bit_stable=False)
 
     def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
         return f"cudnn_sdpa_{'bprop' if desc.direction == 'backward' else 'fprop'}"
@@ -96,12 +107,7 @@ class CudnnBackend(Backend):
 
     def _sku(self, desc: AttentionDescriptor, device: Device, built: BuiltGraph) -> KernelSku:
         backward = desc.direction == "backward"
-        # Forward: flash attention without atomics, one plan -> the same bits run to run.  Backward:
-        # cuDNN's default algorithm may accumulate dQ in any order; only with its deterministic
-        # algorithm (requested when desc.deterministic) is run-to-run bit equality promised.
-        deterministic = bool(desc.deterministic) if backward else True
-        precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32",
-                                       deterministic=deterministic, bit_stable=False)
+        precision = self.precision(desc, device)
         spec = mask_spec(desc)
         notes = [f"cuDNN v9 SDPA graph, plan {built.plan_name} ({built.served_by}); softmax stats = "
                  "natural-log LSE in fp32"]

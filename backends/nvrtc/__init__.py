@@ -1,5 +1,5 @@
 """Our NVRTC-compiled FlashAttention kernels (CUDA C++ in attnplan/kernels)."""
 
-from .backend import NvrtcBackend
+from .backend import NvrtcBackend, backends
 
-__all__ = ["NvrtcBackend"]
+__all__ = ["NvrtcBackend", "backends"]

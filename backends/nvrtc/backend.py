@@ -1,8 +1,9 @@
 """The NVRTC backend: our own FlashAttention kernels, compiled at first use for the device's arch.
 
 A kernel generation (sm80 today; sm89 and sm90a later) is a `Generation` value: its minimum arch,
-its capabilities, its tile chooser and its entry files.  The backend picks the newest generation
-the device can run; adding one is adding a value to GENERATIONS.
+its capabilities, its tile chooser and its entry files.  Each generation is registered as its own
+candidate (`nvrtc.sm80`, ...), so the planner ranks them apart; adding one is adding a value to
+GENERATIONS.
 """
 
 from __future__ import annotations
@@ -77,36 +78,27 @@ SM80 = Generation(
 GENERATIONS = (SM80,)
 
 
-def _generation_for(device: Device) -> Generation:
-    usable = [g for g in GENERATIONS if device.arch is not None and device.arch >= g.min_arch]
-    return usable[-1] if usable else GENERATIONS[0]
-
-
 def compile_arch(generation: Generation, device_arch: int) -> str:
     """The NVRTC target: the device's own arch (sm_90a only for kernels that need wgmma/TMA)."""
     return f"sm_{device_arch}"
 
 
 class NvrtcBackend(Backend):
-    name = "nvrtc"
+    """One kernel generation, registered as its own candidate `nvrtc.<generation>`; the facade checks
+    that generation's capabilities, so each generation is accepted or rejected on its own merits."""
+
+    family = "nvrtc"
+
+    def __init__(self, generation: Generation = SM80):
+        self.generation = generation
+        self.name = f"{self.family}.{generation.name}"
 
     @property
-    def capabilities(self) -> Capabilities:  # the first generation's; per-device in reasons()
-        return GENERATIONS[0].capabilities
+    def capabilities(self) -> Capabilities:
+        return self.generation.capabilities
 
     def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
-        from attnplan.capabilities import capability_reasons
-        generation = _generation_for(device)
-        reasons = capability_reasons(generation.capabilities, desc, device) if generation is not GENERATIONS[0] else []
-        try:
-            compiler.nvrtc_version()
-        except compiler.NvrtcUnavailable as exc:
-            reasons.append(f"{exc} (pip install attnplan[cuda13] or [cuda12])")
-        if device.present:
-            try:
-                import cupy  # noqa: F401
-            except ImportError:
-                reasons.append("CuPy is not installed (pip install attnplan[cuda13] or [cuda12])")
+        generation, reasons = self.generation, []
         if device.arch is not None:
             try:
                 generation.choose_tiles(desc, device.arch)
@@ -115,6 +107,25 @@ class NvrtcBackend(Backend):
                 reasons.append(str(exc))
         return reasons
 
+    def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        missing = []
+        try:
+            compiler.nvrtc_version()
+        except compiler.NvrtcUnavailable as exc:
+            missing.append(f"{exc} (pip install attnplan[cuda13] or [cuda12])")
+        if device.kind == "cuda" and device.present:
+            try:
+                import cupy  # noqa: F401
+            except ImportError:
+                missing.append("CuPy is not installed (pip install attnplan[cuda13] or [cuda12])")
+        return missing
+
+    def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:
+        # The forward and the deterministic backward use no atomics; the default backward adds dQ
+        # with fp32 atomics, whose order varies run to run.
+        exact = desc.direction == "forward" or desc.deterministic
+        return PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=exact, bit_stable=exact)
+
     def library_versions(self) -> dict:
         try:
             return {"nvrtc": compiler.nvrtc_version()}
@@ -122,7 +133,7 @@ class NvrtcBackend(Backend):
             return {}
 
     def dispatch_key(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> DispatchKey:
-        generation = _generation_for(device)
+        generation = self.generation
         tiles = generation.choose_tiles(desc, device.arch)
         dq_tiles = generation.choose_dq_tiles(desc, device.arch)
         if config:
@@ -148,10 +159,8 @@ class NvrtcBackend(Backend):
                                                 key.stages)
         sm80_tiles.check_fits(shared, device.arch, key.name)
         cubin, _ = compiler.compile_key(key)
-        precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=True,
-                                       bit_stable=True)
         sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
-                        precision=precision,
+                        precision=self.precision(desc, device),
                         config={**key.tiles.as_dict(), "stages": key.stages, "shared_memory_bytes": shared},
                         workspace_bytes=0,
                         versions={"attnplan": attnplan.__version__, **self.library_versions()},
@@ -175,11 +184,9 @@ class NvrtcBackend(Backend):
                            "dq_shared_memory_bytes": dq_shared})
         cubin, _ = compiler.compile_key(key)
         runner = BackwardRunner(desc, key, cubin, shared, dq_shared, device)
-        deterministic = desc.deterministic
-        precision = PrecisionGuarantee(math_precision=desc.dtype, accumulator="f32", deterministic=deterministic,
-                                       bit_stable=deterministic)
+        precision = self.precision(desc, device)
         notes = ("backward: dK/dV per (key tile, kv head, sequence) over the GQA group; "
-                 + ("dQ per (query tile, head, sequence), no atomics" if deterministic
+                 + ("dQ per (query tile, head, sequence), no atomics" if precision.deterministic
                     else "dQ through fp32 atomics (run-to-run bits may differ)"))
         sku = KernelSku(backend=self.name, kernel=key.name, arch=device.arch_name, dtype=desc.dtype,
                         precision=precision, config=config, workspace_bytes=runner.workspace_size,
@@ -222,3 +229,8 @@ class ForwardRunner:
         check_vector_pointers({"out": out})
         handle = stream_handle(bound.stream, bound.q.origin)
         launcher.launch(self.kernel(), self.grid, block.fill(pointer_values(bound, out, lse)), handle)
+
+
+def backends() -> list[NvrtcBackend]:
+    """One registry candidate per kernel generation, oldest first."""
+    return [NvrtcBackend(generation) for generation in GENERATIONS]

@@ -99,14 +99,18 @@ class ReferenceExecutor:
 class ReferenceBackend(Backend):
     name = "reference"
     capabilities = Capabilities(devices=frozenset({"cpu", "cuda"}))
+    last_resort = True
 
-    def reasons(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+    def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
         if device.kind == "cuda":
             try:
                 import cupy  # noqa: F401
             except ImportError:
                 return ["CuPy is not installed (pip install attnplan[cuda12] or [cuda13])"]
         return []
+
+    def precision(self, desc: AttentionDescriptor, device: Device, compute: str = "f64") -> PrecisionGuarantee:
+        return PrecisionGuarantee(math_precision=compute, accumulator=compute, deterministic=True, bit_stable=False)
 
     def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
         library = "cupy" if device.kind == "cuda" else "numpy"
@@ -127,10 +131,8 @@ class ReferenceBackend(Backend):
         emulate = bool(config.get("emulate_dtype", False))
         if compute not in COMPUTE_PRECISIONS:
             raise ValueError(f"reference config compute={compute!r} is invalid: one of {COMPUTE_PRECISIONS}")
-        precision = PrecisionGuarantee(math_precision=compute, accumulator=compute,
-                                       deterministic=True, bit_stable=False)
         sku = KernelSku(backend=self.name, kernel=self.kernel_name(desc, device), arch=device.arch_name,
-                        dtype=desc.dtype, precision=precision, config={"compute": compute, "emulate_dtype": emulate},
+                        dtype=desc.dtype, precision=self.precision(desc, device, compute), config={"compute": compute, "emulate_dtype": emulate},
                         workspace_bytes=0,
                         versions={"attnplan": attnplan.__version__, **self.library_versions()},
                         notes="float64 reference; pin compute=f32 / emulate_dtype=True (P and dS rounded "

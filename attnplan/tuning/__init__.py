@@ -1,0 +1,1 @@
+"""The planner's measured tables and the autotune cache."""
