@@ -6,6 +6,7 @@
 #pragma once
 
 #include "common/types.cuh"
+#include "common/fragment.cuh"
 
 #ifndef IS_CAUSAL
 #define IS_CAUSAL 0
@@ -147,5 +148,14 @@ ATTN_HD bool tile_needs_mask(int tile, int block_n, int row_first, int row_last,
 }
 
 #undef ATTN_HD
+
+// The rule applied to an accumulator fragment of any layout (common/fragment.cuh): scores of keys a
+// row may not see become -inf.
+template <class Coords, int MT, int NT>
+__device__ __forceinline__ void apply_mask(float (&s)[MT][NT][4], const Coords& at, const MaskInfo& m) {
+  for_each_element(s, at, [&](float& x, int query, int key, int, int, int) {
+    if (!visible(query, key, m)) x = neg_inf();
+  });
+}
 
 }  // namespace attn

@@ -103,6 +103,24 @@ struct ScoreMods {
   }
 };
 
+// The modifiers applied to a fragment of any layout (the forward: no softcap derivative kept).
+template <class Coords, int MT, int NT>
+__device__ __forceinline__ void apply_score_mods(float (&s)[MT][NT][4], const Coords& at, const ScoreMods& mods,
+                                                 int off) {
+  for_each_element(s, at, [&](float& x, int query, int key, int, int, int) {
+    float unused_dsoft;
+    x = mods.apply(x, query, key, off, unused_dsoft);
+  });
+}
+
+// One score as the backward sees it: the modifiers (dsoft gets the softcap factor), then the mask,
+// each by the same rule the forward applies fragment-wise.
+__device__ __forceinline__ void modify_score(float& x, int query, int key, bool needs_mask, const ScoreMods& mods,
+                                             const MaskInfo& mask, float& dsoft) {
+  if constexpr (kScoresInLog2) x = mods.apply(x, query, key, mask.off, dsoft);
+  if (needs_mask && !visible(query, key, mask)) x = neg_inf();
+}
+
 template <class Params>
 __device__ __forceinline__ ScoreMods score_mods(const Params& p, int b, int h) {
   ScoreMods mods{};
@@ -143,6 +161,15 @@ __device__ __forceinline__ unsigned keep_nibble(const Philox4& r, unsigned thres
 // t = 2u, 2u+1 of a quad covers one group of 4 keys of rows g and g+8: the even thread draws row
 // g, the odd one row g+8, and each hands its partner the two bits it needs -- one Philox call per
 // 4 elements.  rows[2*mt + half]: this thread's query rows.
+// Dropout applied to a fragment of unnormalised probabilities from its keep bits (bit e of
+// bits[mt][nt] for element e of tile [mt][nt]).
+template <class Coords, int MT, int NT>
+__device__ __forceinline__ void apply_dropout(float (&s)[MT][NT][4], const Coords& at, const unsigned (&bits)[MT][NT]) {
+  for_each_element(s, at, [&](float& x, int, int, int mt, int nt, int e) {
+    if (!((bits[mt][nt] >> e) & 1u)) x = 0.f;
+  });
+}
+
 template <int MT, int NT>
 __device__ __forceinline__ void dropout_bits(unsigned (&bits)[MT][NT], const DropoutKeys& d, unsigned b, unsigned h,
                                              const int (&rows)[2 * MT], int key0, int lane) {

@@ -22,9 +22,9 @@
 // (workspace layout).  Semantics: docs/semantics.md.  The runtime prepends `struct BwdParams`.
 
 #include "common/types.cuh"
-#include "common/mma_sm80.cuh"
+#include "sm80/mma.cuh"
 #include "common/philox.cuh"
-#include "common/smem_sm80.cuh"
+#include "sm80/smem.cuh"
 #include "common/problem.cuh"
 
 #include "common/features.cuh"
@@ -334,7 +334,9 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
       dropout_bits_t(keep_bits[mt], drop, static_cast<unsigned>(b), static_cast<unsigned>(h),
                      n0 + key_row0 + 16 * mt, m0 + q_col0, lane);
 #endif
-    // Elementwise: S^T -> P^T * Z (into st), dS^T (into dpt).
+    // Elementwise: S^T -> P^T * Z (into st), dS^T (into dpt); n-tiles outermost, so each query's LSE
+    // and delta are read once for both key m-tiles.
+    const KeyRowsC at{n0 + key_row0, m0, q_col0, g, t};
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
       const int qc = q_col0 + nt * 8 + 2 * t;  // query column within the tile (and its +1)
@@ -344,12 +346,10 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
       for (int mt = 0; mt < kKeyMT; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int query = m0 + qc + (e & 1);
-          const int key = n0 + key_row0 + 16 * mt + g + 8 * (e >> 1);
+          const int query = at.query(mt, nt, e), key = at.key(mt, nt, e);
           float dsoft = 1.f;
           float x = st[mt][nt][e];
-          if constexpr (kScoresInLog2) x = mods.apply(x, query, key, mask.off, dsoft);
-          if (needs_mask && !visible(query, key, mask)) x = neg_inf();
+          modify_score(x, query, key, needs_mask, mods, mask, dsoft);
           bool keep = true;
 #if HAS_DROPOUT
           keep = (keep_bits[mt][nt] >> e) & 1u;
@@ -589,28 +589,22 @@ extern "C" __global__ void __launch_bounds__(DQ_NUM_WARPS * 32) attn_bwd_dq_kern
     unsigned keep_bits[kMT][kNT];
     dropout_bits(keep_bits, drop, static_cast<unsigned>(b), static_cast<unsigned>(h), rows, key0, lane);
 #endif
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 2 * mt + (e >> 1);
-          const int key = key0 + nt * 8 + 2 * t + (e & 1);
-          float dsoft = 1.f;
-          float x = s[mt][nt][e];
-          if constexpr (kScoresInLog2) x = mods.apply(x, rows[r], key, mask.off, dsoft);
-          if (needs_mask && !visible(rows[r], key, mask)) x = neg_inf();
-          bool keep = true;
+    const QueryRowsC<kMT> at{rows, key0 + 2 * t, 0};
+    for_each_element(s, at, [&](float& score, int query, int key, int mt, int nt, int e) {
+      const int r = 2 * mt + (e >> 1);
+      float dsoft = 1.f;
+      float x = score;
+      modify_score(x, query, key, needs_mask, mods, mask, dsoft);
+      bool keep = true;
 #if HAS_DROPOUT
-          keep = (keep_bits[mt][nt] >> e) & 1u;
-          const float dscale = drop.scale;
+      keep = (keep_bits[mt][nt] >> e) & 1u;
+      const float dscale = drop.scale;
 #else
-          const float dscale = 1.f;
+      const float dscale = 1.f;
 #endif
-          float pz;
-          s[mt][nt][e] = grad_score(x, dp[mt][nt][e], lse_l2[r], delta[r], dsoft, keep, dscale, scale_l2, pz);
-        }
+      float pz;
+      score = grad_score(x, dp[mt][nt][e], lse_l2[r], delta[r], dsoft, keep, dscale, scale_l2, pz);
+    });
     unsigned dsf[kMT][kKS][4];
     pack_a(s, dsf);
     gemm_rs<kMT, kQTiles, kKS>(acc_dq, dsf, BFromCols<LayoutQK>(k_u32, 0, lane));
@@ -654,10 +648,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_convert_kernel(con
     const float4* src = reinterpret_cast<const float4*>(dqa + row * p.dqa_row_stride + c * kElemsPerChunk);
     const float4 x = src[0], y = src[1];
     uint4 out;
-    out.x = pack2(x.x * scale, x.y * scale);
-    out.y = pack2(x.z * scale, x.w * scale);
-    out.z = pack2(y.x * scale, y.y * scale);
-    out.w = pack2(y.z * scale, y.w * scale);
+    out.x = pack2_out(x.x * scale, x.y * scale);
+    out.y = pack2_out(x.z * scale, x.w * scale);
+    out.z = pack2_out(y.x * scale, y.y * scale);
+    out.w = pack2_out(y.z * scale, y.w * scale);
     *reinterpret_cast<uint4*>(dq + row * p.dq_row_stride + c * kElemsPerChunk) = out;
   }
 }

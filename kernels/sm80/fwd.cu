@@ -11,7 +11,7 @@
 // backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
 //
 // Parts, each in its own header or section: element types and PTX wrappers (common/), shared-memory
-// tiles, loaders and warp GEMMs (common/smem_sm80.cuh), sequence coordinates, mask setup, score
+// tiles, loaders and warp GEMMs (sm80/smem.cuh), sequence coordinates, mask setup, score
 // modifiers and dropout keep bits (common/problem.cuh, shared with the backward), the visibility
 // rule and key-tile range (mask.cuh), the online softmax (softmax.cuh); below: shared-memory
 // layout, K/V tile loads (paged too), the epilogue, and the kernel that strings them together.
@@ -19,8 +19,8 @@
 // The runtime prepends `struct FwdParams` (backends/nvrtc/params.py) to this file.
 
 #include "common/types.cuh"
-#include "common/mma_sm80.cuh"
-#include "common/smem_sm80.cuh"
+#include "sm80/mma.cuh"
+#include "sm80/smem.cuh"
 #include "common/problem.cuh"
 #include "softmax.cuh"
 
@@ -55,7 +55,7 @@ static_assert(kBlockM % kNumWarps == 0 && kWarpRows % 16 == 0, "each warp owns w
 static_assert(kBlockN % 16 == 0, "BLOCK_N: multiple of 16");
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory layout and tile loads: common/smem_sm80.cuh (shared with the backward kernels).
+// Shared-memory layout and tile loads: sm80/smem.cuh (shared with the backward kernels).
 // ---------------------------------------------------------------------------------------------
 using LayoutQK = RowLayout<kDimQK>;
 using LayoutV = RowLayout<kDimV>;  // also the output staging tile
@@ -132,39 +132,19 @@ __device__ __forceinline__ void load_kv_tile(elem_t* smem, const KvAddressing& a
 #endif
 }
 
-// ---------------------------------------------------------------------------------------------
-// Per-thread coordinates of the score fragment: thread row r = 2*mt + half is query row
-// rows[r] (within the sequence); element e of tile nt is key col0 + nt*8 + (e & 1).
-// ---------------------------------------------------------------------------------------------
+// This thread's query rows in the score fragments (thread row r = 2*mt + half is query row rows[r]);
+// with the key of its column 0 they make the fragment's coordinates (common/fragment.cuh).
 struct FragRows {
   int rows[2 * kMTiles];
 };
 
-// fn(score, query row, key) for every element of this thread's score fragment.
-template <class Fn>
-__device__ __forceinline__ void for_each_score(float (&s)[kMTiles][kNTiles][4], const FragRows& fr, int col0, Fn fn) {
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) fn(s[mt][nt][e], fr.rows[2 * mt + (e >> 1)], col0 + nt * 8 + (e & 1));
-}
-
 // Dropout on the unnormalised probabilities (the row sums already hold the undropped values);
 // key0: the tile's first key.
-__device__ __forceinline__ void apply_dropout(float (&s)[kMTiles][kNTiles][4], const DropoutKeys& d, int b, int h,
-                                              const FragRows& fr, int key0, int lane) {
+__device__ __forceinline__ void drop_scores(float (&s)[kMTiles][kNTiles][4], const DropoutKeys& d, int b, int h,
+                                            const FragRows& fr, int key0, int lane) {
   unsigned bits[kMTiles][kNTiles];
   dropout_bits(bits, d, static_cast<unsigned>(b), static_cast<unsigned>(h), fr.rows, key0, lane);
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (!((bits[mt][nt] >> e) & 1u)) s[mt][nt][e] = 0.f;
-      }
+  apply_dropout(s, QueryRowsC<kMTiles>{fr.rows, key0 + 2 * (lane & 3), 0}, bits);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,7 +164,7 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const float (&o
 #pragma unroll
       for (int ot = 0; ot < kOTiles; ++ot) {  // one n8 tile = one 16-byte chunk
         *reinterpret_cast<unsigned*>(smem_o + LayoutV::offset(row, ot) + 2 * t) =
-            pack2(o[mt][ot][2 * half] * f, o[mt][ot][2 * half + 1] * f);
+            pack2_out(o[mt][ot][2 * half] * f, o[mt][ot][2 * half + 1] * f);
       }
     }
   __syncthreads();
@@ -309,20 +289,12 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
     gemm_ss<kMTiles, kNTiles, kDimQK / 16>(s, AFromRows<LayoutQK>(smem_q_u32, warp_row0, lane),
                                            BFromRows<LayoutQK>(smem_k_u32 + kbuf * kSmemK * kElemBytes, 0, lane));
     const int col0 = key0 + col_in_tile;
-    if constexpr (kScoresInLog2) {  // log2 units with softcap and ALiBi applied
-      for_each_score(s, fr, col0, [&](float& x, int row, int key) {
-        float unused_dsoft;
-        x = mods.apply(x, row, key, mask.off, unused_dsoft);
-      });
-    }
-    if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) {
-      for_each_score(s, fr, col0, [&](float& x, int row, int key) {
-        if (!visible(row, key, mask)) x = neg_inf();
-      });
-    }
+    const QueryRowsC<kMTiles> at{fr.rows, col0, 0};
+    if constexpr (kScoresInLog2) apply_score_mods(s, at, mods, mask.off);  // log2 units, softcap and ALiBi applied
+    if (tile_needs_mask(tile, kBlockN, m0, row_last, mask)) apply_mask(s, at, mask);
     softmax.update(s, acc_o, exp_scale);
 #if HAS_DROPOUT
-    apply_dropout(s, dropout, b, h, fr, key0, lane);
+    drop_scores(s, dropout, b, h, fr, key0, lane);
 #endif
     unsigned pf[kMTiles][kKSteps][4];
     pack_a(s, pf);

@@ -11,7 +11,7 @@
 #pragma once
 
 #include "common/types.cuh"
-#include "common/mma_sm80.cuh"
+#include "sm80/mma.cuh"
 
 namespace attn {
 namespace sm80 {
@@ -125,7 +125,7 @@ __device__ __forceinline__ void store_rows(elem_t* dst, long long row_stride, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// ldmatrix operand loaders.  g = lane / 4, t = lane % 4; see common/mma_sm80.cuh for the fragments.
+// ldmatrix operand loaders.  g = lane / 4, t = lane % 4; see sm80/mma.cuh for the fragments.
 // ---------------------------------------------------------------------------------------------
 
 // A lane's ldmatrix row address: lanes 8i..8i+7 address matrix i, whose 8 rows start 8 rows lower
@@ -284,9 +284,9 @@ __device__ __forceinline__ void store_c_frags(elem_t* smem, const float (&c)[NT]
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     *reinterpret_cast<unsigned*>(smem + Layout::offset(row0 + g, chunk0 + nt) + 2 * t) =
-        pack2(c[nt][0] * factor, c[nt][1] * factor);
+        pack2_out(c[nt][0] * factor, c[nt][1] * factor);
     *reinterpret_cast<unsigned*>(smem + Layout::offset(row0 + g + 8, chunk0 + nt) + 2 * t) =
-        pack2(c[nt][2] * factor, c[nt][3] * factor);
+        pack2_out(c[nt][2] * factor, c[nt][3] * factor);
   }
 }
 
