@@ -43,7 +43,8 @@ class Device:
         if self.kind == "cpu":
             return "cpu"
         state = "" if self.present else " (described, not present)"
-        return f"cuda:{self.index} {self.name} sm_{self.arch}{state}"
+        name = "" if self.name == self.arch_name else f" {self.name}"
+        return f"cuda:{self.index}{name} sm_{self.arch}{state}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -109,8 +109,10 @@ def assess(desc: AttentionDescriptor, device: Device, prefer=None, restrict: boo
                                         measured_tflops=tuned.get(v.backend, (None, None))[1]) for v in verdicts]
             times = {name: ms * 1e3 for name, (ms, _) in tuned.items()}
         basis = note
-    candidates = [Candidate(v.backend, i, by_name[v.backend].precision(desc, device), by_name[v.backend].last_resort,
-                            times.get(v.backend)) for i, v in enumerate(verdicts) if v.capable]
+    default_order = {b.name: i for i, b in enumerate(registry.backends())}     # not the preferred order
+    candidates = [Candidate(v.backend, default_order.get(v.backend, len(default_order)),
+                            by_name[v.backend].precision(desc, device), by_name[v.backend].last_resort,
+                            times.get(v.backend)) for v in verdicts if v.capable]
     measured = policy == "autotune" and any(v.measured_ms for v in verdicts)
     ranking = _preferred_first(rank(candidates, "first" if policy == "first" else "fastest", basis, measured), prefer)
     verdicts.policy, verdicts.ranking, verdicts.why = policy, ranking.order, ranking.why
@@ -136,10 +138,10 @@ def _preferred_first(ranking: Ranking, prefer) -> Ranking:
     return attrs.evolve(ranking, order=tuple(order), why=why)
 
 
-def explain(desc: AttentionDescriptor, device=None, prefer=None, policy=None) -> Verdicts:
+def explain(desc: AttentionDescriptor, device=None, prefer=None, policy=None, restrict: bool = False) -> Verdicts:
     """Why each registered backend accepts or rejects `desc` on `device`, with the estimates, the
     ranking and the choice `Plan.select` would make (autotune: from its cache, measuring nothing)."""
-    return assess(desc, as_device(device), prefer, policy=policy)
+    return assess(desc, as_device(device), prefer, restrict, policy=policy)
 
 
 def _backend_of(sku: KernelSku, desc: AttentionDescriptor, device: Device) -> Backend:

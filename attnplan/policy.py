@@ -110,7 +110,8 @@ def rank(candidates: Sequence[Candidate], policy: str, basis: str, untimed_last:
     if unknown:
         order = _default_order(main)
         return Ranking(tuple(c.name for c in order + last),
-                       f"guess: no {basis} for {', '.join(unknown)}; the default order decides ({order[0].name} first)",
+                       f"guess: {basis} has no estimate for {', '.join(unknown)}; the default order decides "
+                       f"({order[0].name} first)",
                        guessed=True)
     order = order_by_time(main, lambda c: c.expected_us)
     fastest = min(c.expected_us for c in main)
