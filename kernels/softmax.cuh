@@ -43,12 +43,16 @@ struct OnlineSoftmax {
     }
   }
 
-  // Folds one tile of scores in: updates the row maxima, rescales the running sums and the output
-  // accumulator `acc_o` to the new maxima, and overwrites `s` with the unnormalised probabilities
-  // exp2(s * exp_scale - max * exp_scale) (0 where masked).
-  template <int N_TILES, int O_TILES>
-  __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc_o)[M_TILES][O_TILES][4],
-                                         float exp_scale) {
+  // Folding one tile of scores in takes three steps, apart so that a mainloop can put work between
+  // them (FlashAttention-3 overlaps the next tile's GEMM with the exponentials, and the rescale of
+  // the output with the P V GEMM).  update() runs them back to back.
+  //
+  // Step 1: the tile's row maxima fold into the running maxima.  Per row: `max_scaled`, the new
+  // maximum in log2 units (0 while the row has seen no visible key, so every exponent stays -inf
+  // rather than NaN), and `correction`, the factor the old sums and outputs are rescaled by.
+  template <int N_TILES>
+  __device__ __forceinline__ void max_step(const float (&s)[M_TILES][N_TILES][4], float exp_scale,
+                                           float (&max_scaled)[kRows], float (&correction)[kRows]) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int mt = r / 2, half = r % 2;
@@ -58,28 +62,56 @@ struct OnlineSoftmax {
         tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
       }
       const float new_max = fmaxf(row_max[r], quad_max(tile_max));
-      // A row that has seen no visible key yet keeps max = -inf; subtracting 0 instead keeps every
-      // exponent -inf (-> 0) rather than NaN.
-      const float max_scaled = new_max == neg_inf() ? 0.f : new_max * exp_scale;
-      const float correction = fast_exp2(row_max[r] * exp_scale - max_scaled);  // 0 on the first visit
+      max_scaled[r] = new_max == neg_inf() ? 0.f : new_max * exp_scale;
+      correction[r] = fast_exp2(row_max[r] * exp_scale - max_scaled[r]);  // 0 on the first visit
       row_max[r] = new_max;
-      float sum = row_sum[r] * correction;
+    }
+  }
+
+  // Step 2: `s` becomes the unnormalised probabilities exp2(s * exp_scale - max_scaled) (0 where
+  // masked), and the rescaled running sums take them in.
+  template <int N_TILES>
+  __device__ __forceinline__ void exp_step(float (&s)[M_TILES][N_TILES][4], float exp_scale,
+                                           const float (&max_scaled)[kRows], const float (&correction)[kRows]) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int mt = r / 2, half = r % 2;
+      float sum = row_sum[r] * correction[r];
 #pragma unroll
       for (int nt = 0; nt < N_TILES; ++nt) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           float& x = s[mt][nt][2 * half + c];
-          x = fast_exp2(fmaf(x, exp_scale, -max_scaled));
+          x = fast_exp2(fmaf(x, exp_scale, -max_scaled[r]));
           sum += x;
         }
       }
       row_sum[r] = sum;
+    }
+  }
+
+  // Step 3: the output accumulator follows the new maxima.
+  template <int O_TILES>
+  __device__ __forceinline__ static void rescale(float (&acc_o)[M_TILES][O_TILES][4], const float (&correction)[kRows]) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int mt = r / 2, half = r % 2;
 #pragma unroll
       for (int ot = 0; ot < O_TILES; ++ot) {
-        acc_o[mt][ot][2 * half] *= correction;
-        acc_o[mt][ot][2 * half + 1] *= correction;
+        acc_o[mt][ot][2 * half] *= correction[r];
+        acc_o[mt][ot][2 * half + 1] *= correction[r];
       }
     }
+  }
+
+  // The three steps for one tile.
+  template <int N_TILES, int O_TILES>
+  __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc_o)[M_TILES][O_TILES][4],
+                                         float exp_scale) {
+    float max_scaled[kRows], correction[kRows];
+    max_step(s, exp_scale, max_scaled, correction);
+    exp_step(s, exp_scale, max_scaled, correction);
+    rescale(acc_o, correction);
   }
 
   // Final per-row factors: out = acc_o * out_scale[r], and the natural-log LSE.
