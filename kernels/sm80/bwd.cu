@@ -26,6 +26,7 @@
 #include "common/philox.cuh"
 #include "sm80/smem.cuh"
 #include "common/problem.cuh"
+#include "common/scheduler.cuh"
 
 #include "common/features.cuh"
 #ifndef IS_DETERMINISTIC
@@ -223,7 +224,8 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_bwd_kernel(con
   using namespace attn::sm80::bwd;
   using namespace attn::sm80::bwd::kv;
 
-  const int n_block = blockIdx.x, hkv = blockIdx.y, b = blockIdx.z;
+  const TileCoord work = in_order_tile();
+  const int n_block = work.block, hkv = work.head, b = work.batch;
   const Sequence seq = sequence_of(p, b);
   const int n0 = n_block * kBlockN;
   if (n0 >= seq.seqlen_kv) return;
@@ -499,7 +501,8 @@ extern "C" __global__ void __launch_bounds__(DQ_NUM_WARPS * 32) attn_bwd_dq_kern
   using namespace attn::sm80::bwd;
   using namespace attn::sm80::bwd::dq;
 
-  const int m_block = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const TileCoord work = in_order_tile();
+  const int m_block = work.block, h = work.head, b = work.batch;
   const Sequence seq = sequence_of(p, b);
   const int m0 = m_block * kBlockM;
   if (m0 >= seq.seqlen_q) return;

@@ -10,200 +10,22 @@
 // in registers.  The launch contract (grid, strides, varlen, paged KV) is described in
 // backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
 //
-// Parts, each in its own header or section: element types and PTX wrappers (common/), shared-memory
-// tiles, loaders and warp GEMMs (sm80/smem.cuh), sequence coordinates, mask setup, score
-// modifiers and dropout keep bits (common/problem.cuh, shared with the backward), the visibility
-// rule and key-tile range (mask.cuh), the online softmax (softmax.cuh); below: shared-memory
-// layout, K/V tile loads (paged too), the epilogue, and the kernel that strings them together.
+// Parts, each in its own header: element types and PTX wrappers (common/types.cuh), the fragment
+// coordinates every mask and score rule is applied through (common/fragment.cuh), sequence
+// coordinates, mask setup, score modifiers and dropout keep bits (common/problem.cuh, shared with
+// the backward), the visibility rule and key-tile range (mask.cuh), the online softmax in three
+// steps (softmax.cuh), the tile scheduler (common/scheduler.cuh), the shared epilogue
+// (common/epilogue.cuh); this generation's shared-memory tiles, loaders and warp GEMMs
+// (sm80/smem.cuh), configuration (sm80/fwd_config.cuh), mainloop parts (sm80/fwd_mainloop.cuh) and
+// output staging (sm80/fwd_epilogue.cuh).  Below: the kernel that strings them together.
 //
 // The runtime prepends `struct FwdParams` (backends/nvrtc/params.py) to this file.
 
-#include "common/types.cuh"
-#include "sm80/mma.cuh"
-#include "sm80/smem.cuh"
-#include "common/problem.cuh"
+#include "common/scheduler.cuh"
 #include "softmax.cuh"
-
-#include "common/features.cuh"
-#ifndef KV_STAGES
-#define KV_STAGES 1
-#endif
-
-namespace attn {
-namespace sm80 {
-
-// ---------------------------------------------------------------------------------------------
-// Configuration
-// ---------------------------------------------------------------------------------------------
-constexpr int kBlockM = BLOCK_M;
-constexpr int kBlockN = BLOCK_N;
-constexpr int kNumWarps = NUM_WARPS;
-constexpr int kThreads = kNumWarps * 32;
-constexpr int kHeadDim = HEAD_DIM;
-constexpr int kHeadDimV = HEAD_DIM_V;
-constexpr int kDimQK = round_up(kHeadDim, 16);  // mma k-steps are 16 wide; padding columns hold zeros
-constexpr int kDimV = round_up(kHeadDimV, 16);  // one ldmatrix.x4.trans covers 16 output columns
-constexpr int kWarpRows = kBlockM / kNumWarps;
-constexpr int kMTiles = kWarpRows / 16;          // m16 tiles per warp
-constexpr int kNTiles = kBlockN / 8;             // n8 score tiles per key tile
-constexpr int kKSteps = kBlockN / 16;            // k16 steps of P V
-constexpr int kOTiles = kDimV / 8;               // n8 output tiles
-
-static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "HEAD_DIM: multiple of 8, <= 256");
-static_assert(kHeadDimV % 8 == 0 && kHeadDimV >= 8 && kHeadDimV <= 256, "HEAD_DIM_V: multiple of 8, <= 256");
-static_assert(kBlockM % kNumWarps == 0 && kWarpRows % 16 == 0, "each warp owns whole m16 tiles");
-static_assert(kBlockN % 16 == 0, "BLOCK_N: multiple of 16");
-
-// ---------------------------------------------------------------------------------------------
-// Shared-memory layout and tile loads: sm80/smem.cuh (shared with the backward kernels).
-// ---------------------------------------------------------------------------------------------
-using LayoutQK = RowLayout<kDimQK>;
-using LayoutV = RowLayout<kDimV>;  // also the output staging tile
-
-// Region 0 holds Q during the main loop and the output tile in the epilogue.
-constexpr int kSmemRegion0 = kBlockM * (LayoutQK::kStride > LayoutV::kStride ? LayoutQK::kStride : LayoutV::kStride);
-constexpr int kSmemK = kBlockN * LayoutQK::kStride;
-constexpr int kSmemV = kBlockN * LayoutV::kStride;
-constexpr int kKStages = KV_STAGES;  // K tile buffers (2: the next K loads during this tile's whole iteration)
-static_assert(kKStages == 1 || kKStages == 2, "KV_STAGES: 1 or 2");
-constexpr int kSmemBytes = (kSmemRegion0 + kKStages * kSmemK + kSmemV) * kElemBytes;
-#ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:shared_memory_bytes
-static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.shared_memory_bytes disagrees with the kernel");
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// Global -> shared tile loads (cp.async, 16 bytes per thread and step).  Rows >= valid_rows and the
-// padding chunks beyond the real head dim are zero-filled, so out-of-range keys can never inject
-// NaN/Inf into P V and padded head-dim columns add nothing to Q K^T.
-//
-// Each thread keeps one chunk column and walks down the rows kRowsPerStep at a time, advancing its
-// source pointer by a constant: only a pointer and a stride stay live across the main loop (a
-// per-step table of 64-bit addresses would be hoisted out of it and cost registers).
-// ---------------------------------------------------------------------------------------------
-template <int ROWS, int REAL_COLS, class Layout>
-using TileLoader = RowLoader<kThreads, ROWS, REAL_COLS, Layout>;
-
-// Where key row j (within the sequence) of k or v lives.
-struct KvAddressing {
-  const elem_t* base;  // head hkv of this sequence (dense/varlen: at key 0; paged: at page 0, row 0)
-  long long row_stride;
-#if IS_PAGED
-  long long page_stride;
-  const int* block_table;  // this sequence's row of the block table
-  int page_size;
-#endif
-};
-
-__device__ __forceinline__ KvAddressing kv_addressing(const FwdParams& p, const void* tensor, long long batch_stride,
-                                                      long long row_stride, long long head_stride, int b, int hkv,
-                                                      const Sequence& seq) {
-  KvAddressing a;
-  a.row_stride = row_stride;
-  const elem_t* t = static_cast<const elem_t*>(tensor) + hkv * head_stride;
-#if IS_PAGED
-  a.base = t;
-  a.page_stride = batch_stride;  // the k/v batch stride is the page stride
-  a.block_table = static_cast<const int*>(p.block_table) + b * p.block_table_batch_stride;
-  a.page_size = static_cast<int>(p.page_size);
-#elif IS_VARLEN
-  a.base = t + static_cast<long long>(seq.kv_start) * row_stride;
-#else
-  a.base = t + b * batch_stride;
-#endif
-  (void)p; (void)seq; (void)b; (void)batch_stride;
-  return a;
-}
-
-template <int REAL_COLS, class Layout>
-__device__ __forceinline__ void load_kv_tile(elem_t* smem, const KvAddressing& a, int key0, int seqlen_kv) {
-  using Loader = TileLoader<kBlockN, REAL_COLS, Layout>;
-#if IS_PAGED
-  // Key j sits in page block_table[j / page_size], row j % page_size.
-  Loader::load(smem, seqlen_kv - key0, a.base, [&](int row, int) {
-    const int j = key0 + row;
-    const int page = a.block_table[j / a.page_size];
-    return a.base + page * a.page_stride + (j % a.page_size) * a.row_stride;
-  });
-#else
-  const int row0 = static_cast<int>(threadIdx.x) / Layout::kChunks;
-  const elem_t* first = a.base + (key0 + row0) * a.row_stride;
-  const long long step_stride = Loader::kRowsPerStep * a.row_stride;
-  Loader::load(smem, seqlen_kv - key0, a.base, [&](int, int step) { return first + step * step_stride; });
-#endif
-}
-
-// This thread's query rows in the score fragments (thread row r = 2*mt + half is query row rows[r]);
-// with the key of its column 0 they make the fragment's coordinates (common/fragment.cuh).
-struct FragRows {
-  int rows[2 * kMTiles];
-};
-
-// Dropout on the unnormalised probabilities (the row sums already hold the undropped values);
-// key0: the tile's first key.
-__device__ __forceinline__ void drop_scores(float (&s)[kMTiles][kNTiles][4], const DropoutKeys& d, int b, int h,
-                                            const FragRows& fr, int key0, int lane) {
-  unsigned bits[kMTiles][kNTiles];
-  dropout_bits(bits, d, static_cast<unsigned>(b), static_cast<unsigned>(h), fr.rows, key0, lane);
-  apply_dropout(s, QueryRowsC<kMTiles>{fr.rows, key0 + 2 * (lane & 3), 0}, bits);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Epilogue: scale O, stage it through shared memory (region 0) and write 16-byte rows; write LSE.
-// ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ void store_output(const FwdParams& p, const float (&o)[kMTiles][kOTiles][4],
-                                             const float (&out_scale)[2 * kMTiles], const float (&lse)[2 * kMTiles],
-                                             elem_t* smem_o, const FragRows& fr, int warp_row0, int lane,
-                                             int b, int h, const Sequence& seq, int m0) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = warp_row0 + mt * 16 + half * 8 + g;
-      const float f = out_scale[2 * mt + half];
-#pragma unroll
-      for (int ot = 0; ot < kOTiles; ++ot) {  // one n8 tile = one 16-byte chunk
-        *reinterpret_cast<unsigned*>(smem_o + LayoutV::offset(row, ot) + 2 * t) =
-            pack2_out(o[mt][ot][2 * half] * f, o[mt][ot][2 * half + 1] * f);
-      }
-    }
-  __syncthreads();
-
-  constexpr int kRealChunks = kHeadDimV / kElemsPerChunk;
-  constexpr int kTotal = kBlockM * kRealChunks;
-  elem_t* out = static_cast<elem_t*>(p.out) + h * p.o_head_stride;
-#if IS_VARLEN
-  out += static_cast<long long>(seq.q_start) * p.o_row_stride;
-#else
-  out += b * p.o_batch_stride;
-#endif
-  const int valid_rows = seq.seqlen_q - m0;
-#pragma unroll
-  for (int step = 0; step < ceil_div(kTotal, kThreads); ++step) {
-    const int idx = step * kThreads + static_cast<int>(threadIdx.x);
-    const int row = idx / kRealChunks, chunk = idx % kRealChunks;
-    if ((kTotal % kThreads == 0 || idx < kTotal) && row < valid_rows) {
-      *reinterpret_cast<uint4*>(out + (m0 + row) * p.o_row_stride + chunk * kElemsPerChunk) =
-          *reinterpret_cast<const uint4*>(smem_o + LayoutV::offset(row, chunk));
-    }
-  }
-
-  if (p.lse != nullptr && t == 0) {
-    float* lse_out = static_cast<float*>(p.lse) + h * p.lse_head_stride;
-#if IS_VARLEN
-    lse_out += static_cast<long long>(seq.q_start) * p.lse_row_stride;
-#else
-    lse_out += b * p.lse_batch_stride;
-#endif
-#pragma unroll
-    for (int r = 0; r < 2 * kMTiles; ++r) {
-      if (fr.rows[r] < seq.seqlen_q) lse_out[fr.rows[r] * p.lse_row_stride] = lse[r];
-    }
-  }
-}
-
-}  // namespace sm80
-}  // namespace attn
+#include "sm80/fwd_config.cuh"
+#include "sm80/fwd_mainloop.cuh"
+#include "sm80/fwd_epilogue.cuh"
 
 // ---------------------------------------------------------------------------------------------
 // The kernel.  grid = (ceil(max seqlen_q / BLOCK_M), heads_q, batch), block = NUM_WARPS * 32,
@@ -213,10 +35,8 @@ extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(con
   using namespace attn;
   using namespace attn::sm80;
 
-  // Heaviest query tiles first (with causal masking the last tiles see the most keys), so the
-  // long CTAs start early and the short ones fill the tail of the wave.
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
+  const TileCoord work = heaviest_first_tile();
+  const int m_block = work.block, h = work.head, b = work.batch;
   const Sequence seq = sequence_of(p, b);
   const int m0 = m_block * kBlockM;
   if (m0 >= seq.seqlen_q) return;

@@ -12,6 +12,7 @@
 
 #include "common/types.cuh"
 #include "sm80/mma.cuh"
+#include "common/epilogue.cuh"
 
 namespace attn {
 namespace sm80 {
@@ -107,22 +108,6 @@ struct RowLoader {
     load(smem, valid_rows, base, [&](int, int step) { return first + step * step_stride; });
   }
 };
-
-// Shared tile rows [0, valid_rows) x chunks [0, REAL_COLS / 8) -> global, 16 bytes per thread.
-template <int THREADS, int ROWS, int REAL_COLS, class Layout>
-__device__ __forceinline__ void store_rows(elem_t* dst, long long row_stride, int valid_rows, const elem_t* smem) {
-  constexpr int kRealChunks = REAL_COLS / kElemsPerChunk;
-  constexpr int kTotal = ROWS * kRealChunks;
-#pragma unroll
-  for (int step = 0; step < ceil_div(kTotal, THREADS); ++step) {
-    const int idx = step * THREADS + static_cast<int>(threadIdx.x);
-    const int row = idx / kRealChunks, chunk = idx % kRealChunks;
-    if ((kTotal % THREADS == 0 || idx < kTotal) && row < valid_rows) {
-      *reinterpret_cast<uint4*>(dst + row * row_stride + chunk * kElemsPerChunk) =
-          *reinterpret_cast<const uint4*>(smem + Layout::offset(row, chunk));
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // ldmatrix operand loaders.  g = lane / 4, t = lane % 4; see sm80/mma.cuh for the fragments.
@@ -278,7 +263,7 @@ __device__ __forceinline__ void store_a_frags(elem_t* smem, const unsigned (&a)[
 // fp32 accumulator tiles c[nt] of one m16 tile (rows row0.., n8 tiles from column chunk chunk0)
 // times `factor` -> 16-bit elements of a shared tile.
 template <class Layout, int NT>
-__device__ __forceinline__ void store_c_frags(elem_t* smem, const float (&c)[NT][4], float factor, int row0,
+__device__ __forceinline__ void store_c_frags(out_t* smem, const float (&c)[NT][4], float factor, int row0,
                                               int chunk0, int lane) {
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
