@@ -1,4 +1,4 @@
-"""The `attnplan` command: info, explain, run, tune, cache (and bench)."""
+"""The `attnplan` command: info, explain, run, tune, cache, kernel (and bench)."""
 
 from __future__ import annotations
 
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--dtypes", nargs="+", default=["f16", "bf16"])
     cache.add_argument("--head-dims", nargs="+", type=int, default=[64, 128])
     cache.set_defaults(func=cmd_cache)
+    from .kernel_cli import add_kernel_parser
+    add_kernel_parser(sub)
     try:
         from .bench.cli import add_bench_parser
     except ImportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from attnplan.backends.nvrtc import sm80
 from attnplan.backends.nvrtc.backend import NvrtcBackend
 from attnplan.bench.contenders import prepare_plan
 from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved
@@ -49,7 +50,7 @@ def sweep(direction: str, head_dims, seqlens, device, rows: list) -> None:
                 for cfg in candidates(direction, head_dim):
                     config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))
                     try:
-                        backend = NvrtcBackend()
+                        backend = NvrtcBackend(sm80.GENERATION)
                         plan = Plan(desc, device, backend, backend.build(desc, device, config))
                         prepared = prepare_plan("nvrtc", desc, sets, fixed, plan=plan)
                     except Exception as exc:

@@ -45,73 +45,89 @@ struct OnlineSoftmax {
 
   // Folding one tile of scores in takes three steps, apart so that a mainloop can put work between
   // them (FlashAttention-3 overlaps the next tile's GEMM with the exponentials, and the rescale of
-  // the output with the P V GEMM).  update() runs them back to back.
+  // the output with the P V GEMM).  Each step exists for one row (row_*) and for the whole fragment
+  // (max_step, exp_step, rescale); update() runs the three row steps row by row, the order the
+  // sm80 kernels were tuned with (three fragment-wide passes raise register pressure there: the
+  // causal ALiBi d=128 forward spilled 80 bytes).
   //
   // Step 1: the tile's row maxima fold into the running maxima.  Per row: `max_scaled`, the new
   // maximum in log2 units (0 while the row has seen no visible key, so every exponent stays -inf
   // rather than NaN), and `correction`, the factor the old sums and outputs are rescaled by.
   template <int N_TILES>
-  __device__ __forceinline__ void max_step(const float (&s)[M_TILES][N_TILES][4], float exp_scale,
-                                           float (&max_scaled)[kRows], float (&correction)[kRows]) {
+  __device__ __forceinline__ void row_max_step(int r, const float (&s)[M_TILES][N_TILES][4], float exp_scale,
+                                               float& max_scaled, float& correction) {
+    const int mt = r / 2, half = r % 2;
+    float tile_max = neg_inf();
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int mt = r / 2, half = r % 2;
-      float tile_max = neg_inf();
+    for (int nt = 0; nt < N_TILES; ++nt) {
+      tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+    }
+    const float new_max = fmaxf(row_max[r], quad_max(tile_max));
+    max_scaled = new_max == neg_inf() ? 0.f : new_max * exp_scale;
+    correction = fast_exp2(row_max[r] * exp_scale - max_scaled);  // 0 on the first visit
+    row_max[r] = new_max;
+  }
+
+  // Step 2: row r of `s` becomes the unnormalised probabilities exp2(s * exp_scale - max_scaled)
+  // (0 where masked), and the rescaled running sum takes them in.
+  template <int N_TILES>
+  __device__ __forceinline__ void row_exp_step(int r, float (&s)[M_TILES][N_TILES][4], float exp_scale,
+                                               float max_scaled, float correction) {
+    const int mt = r / 2, half = r % 2;
+    float sum = row_sum[r] * correction;
 #pragma unroll
-      for (int nt = 0; nt < N_TILES; ++nt) {
-        tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+    for (int nt = 0; nt < N_TILES; ++nt) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float& x = s[mt][nt][2 * half + c];
+        x = fast_exp2(fmaf(x, exp_scale, -max_scaled));
+        sum += x;
       }
-      const float new_max = fmaxf(row_max[r], quad_max(tile_max));
-      max_scaled[r] = new_max == neg_inf() ? 0.f : new_max * exp_scale;
-      correction[r] = fast_exp2(row_max[r] * exp_scale - max_scaled[r]);  // 0 on the first visit
-      row_max[r] = new_max;
+    }
+    row_sum[r] = sum;
+  }
+
+  // Step 3: row r of the output accumulator follows the new maximum.
+  template <int O_TILES>
+  __device__ __forceinline__ static void row_rescale(int r, float (&acc_o)[M_TILES][O_TILES][4], float correction) {
+    const int mt = r / 2, half = r % 2;
+#pragma unroll
+    for (int ot = 0; ot < O_TILES; ++ot) {
+      acc_o[mt][ot][2 * half] *= correction;
+      acc_o[mt][ot][2 * half + 1] *= correction;
     }
   }
 
-  // Step 2: `s` becomes the unnormalised probabilities exp2(s * exp_scale - max_scaled) (0 where
-  // masked), and the rescaled running sums take them in.
+  // The steps over the whole fragment.
+  template <int N_TILES>
+  __device__ __forceinline__ void max_step(const float (&s)[M_TILES][N_TILES][4], float exp_scale,
+                                           float (&max_scaled)[kRows], float (&correction)[kRows]) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) row_max_step(r, s, exp_scale, max_scaled[r], correction[r]);
+  }
   template <int N_TILES>
   __device__ __forceinline__ void exp_step(float (&s)[M_TILES][N_TILES][4], float exp_scale,
                                            const float (&max_scaled)[kRows], const float (&correction)[kRows]) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int mt = r / 2, half = r % 2;
-      float sum = row_sum[r] * correction[r];
-#pragma unroll
-      for (int nt = 0; nt < N_TILES; ++nt) {
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float& x = s[mt][nt][2 * half + c];
-          x = fast_exp2(fmaf(x, exp_scale, -max_scaled[r]));
-          sum += x;
-        }
-      }
-      row_sum[r] = sum;
-    }
+    for (int r = 0; r < kRows; ++r) row_exp_step(r, s, exp_scale, max_scaled[r], correction[r]);
   }
-
-  // Step 3: the output accumulator follows the new maxima.
   template <int O_TILES>
   __device__ __forceinline__ static void rescale(float (&acc_o)[M_TILES][O_TILES][4], const float (&correction)[kRows]) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int mt = r / 2, half = r % 2;
-#pragma unroll
-      for (int ot = 0; ot < O_TILES; ++ot) {
-        acc_o[mt][ot][2 * half] *= correction[r];
-        acc_o[mt][ot][2 * half + 1] *= correction[r];
-      }
-    }
+    for (int r = 0; r < kRows; ++r) row_rescale(r, acc_o, correction[r]);
   }
 
-  // The three steps for one tile.
+  // One tile, row by row.
   template <int N_TILES, int O_TILES>
   __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc_o)[M_TILES][O_TILES][4],
                                          float exp_scale) {
-    float max_scaled[kRows], correction[kRows];
-    max_step(s, exp_scale, max_scaled, correction);
-    exp_step(s, exp_scale, max_scaled, correction);
-    rescale(acc_o, correction);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float max_scaled, correction;
+      row_max_step(r, s, exp_scale, max_scaled, correction);
+      row_exp_step(r, s, exp_scale, max_scaled, correction);
+      row_rescale(r, acc_o, correction);
+    }
   }
 
   // Final per-row factors: out = acc_o * out_scale[r], and the natural-log LSE.

@@ -9,8 +9,7 @@ import pytest
 from attnplan import AttentionDescriptor, PagedKV
 from attnplan.arguments import bind_arguments, lse_shape
 from attnplan.backends.nvrtc import launch_params, params
-from attnplan.backends.nvrtc.backend import FORWARD_PER_CALL
-from attnplan.backends.nvrtc.backward import workspace_strides
+from attnplan.backends.nvrtc.sm80.runners import FORWARD_PER_CALL, workspace_strides
 from attnplan.device import as_device
 from attnplan.interop import empty, wrap_storage
 from attnplan.layout_cache import LayoutCache
@@ -38,10 +37,11 @@ def test_forward_block_fill_equals_packing_every_field(features):
     layout = launch_params.layout_values(desc, b, out, lse)
     pointers = launch_params.pointer_values(b, out, lse)
     assert not set(layout) & set(pointers)
-    block = params.ParamBlock("forward", layout, FORWARD_PER_CALL)
-    assert bytes(block.fill(pointers)) == bytes(params.pack("forward", {**layout, **pointers}))
+    struct = params.STANDARD["forward"]
+    block = params.ParamBlock(struct, layout, FORWARD_PER_CALL)
+    assert bytes(block.fill(pointers)) == bytes(struct.pack({**layout, **pointers}))
     moved = dict(pointers, q=pointers["q"] + 4096)           # a second call with other buffers
-    assert bytes(block.fill(moved)) == bytes(params.pack("forward", {**layout, **moved}))
+    assert bytes(block.fill(moved)) == bytes(struct.pack({**layout, **moved}))
 
 
 @pytest.mark.parametrize("features", [f for f in FEATURES if "paged" not in f], ids=lambda f: "-".join(f) or "plain")
@@ -56,14 +56,15 @@ def test_backward_block_fill_equals_packing_every_field(features):
     pointers = launch_params.pointer_values(b, b.out, b.lse)
     pointers.update(launch_params.backward_pointer_values(b, grads))
     pointers.update(delta=4096, dq_accum=8192)
-    block = params.ParamBlock("backward", layout, tuple(pointers))
-    assert bytes(block.fill(pointers)) == bytes(params.pack("backward", {**layout, **pointers}))
+    struct = params.STANDARD["backward"]
+    block = params.ParamBlock(struct, layout, tuple(pointers))
+    assert bytes(block.fill(pointers)) == bytes(struct.pack({**layout, **pointers}))
 
 
 def test_block_rejects_fields_it_does_not_know():
     with pytest.raises(KeyError, match="unknown"):
-        params.ParamBlock("forward", {}, ("q", "not_a_field"))
-    block = params.ParamBlock("forward", {}, ("q",))
+        params.ParamBlock(params.STANDARD["forward"], {}, ("q", "not_a_field"))
+    block = params.ParamBlock(params.STANDARD["forward"], {}, ("q",))
     with pytest.raises(KeyError, match="not per-call"):
         block.fill({"k": 1})
 

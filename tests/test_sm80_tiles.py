@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from attnplan import AttentionDescriptor
-from attnplan.backends.nvrtc import sm80_tiles
+from attnplan.backends.nvrtc import sm80
 from attnplan.backends.nvrtc.backend import NvrtcBackend
+from attnplan.backends.nvrtc.sm80 import tiles as sm80_tiles
 from attnplan.device import as_device
 
 ARCHS = (80, 86, 89, 90)
@@ -67,11 +68,11 @@ def test_a_pinned_tile_too_big_for_the_arch_is_refused_before_compiling(directio
     desc = AttentionDescriptor(batch=1, seqlen_q=256, seqlen_kv=256, heads_q=4, heads_kv=4, head_dim=256,
                                dtype="bf16", direction=direction)
     with pytest.raises(ValueError, match=r"needs \d+ bytes of shared memory per block; sm_89 allows \d+"):
-        NvrtcBackend().build(desc, as_device("sm_89"), config)
+        NvrtcBackend(sm80.GENERATION).build(desc, as_device("sm_89"), config)
 
 
 def test_a_pinned_backward_tile_the_kernel_cannot_run_is_refused():
     desc = AttentionDescriptor(batch=1, seqlen_q=256, seqlen_kv=256, heads_q=4, heads_kv=4, head_dim=64,
                                dtype="bf16", direction="backward")
     with pytest.raises(ValueError, match=r"block_n / \(num_warps / 2\) must be 16 or 32"):
-        NvrtcBackend().dispatch_key(desc, as_device("sm_90"), {"block_m": 64, "block_n": 128, "num_warps": 4})
+        NvrtcBackend(sm80.GENERATION).dispatch_key(desc, as_device("sm_90"), {"block_m": 64, "block_n": 128, "num_warps": 4})

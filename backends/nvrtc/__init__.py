@@ -1,5 +1,8 @@
-"""Our NVRTC-compiled FlashAttention kernels (CUDA C++ in attnplan/kernels)."""
+"""Our NVRTC-compiled FlashAttention kernels (CUDA C++ in attnplan/kernels), one candidate per
+kernel generation (generations.py)."""
 
 from .backend import NvrtcBackend, backends
+from .generation import Generation, Module
+from .generations import GENERATIONS
 
-__all__ = ["NvrtcBackend", "backends"]
+__all__ = ["GENERATIONS", "Generation", "Module", "NvrtcBackend", "backends"]

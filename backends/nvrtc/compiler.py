@@ -9,20 +9,32 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
+from typing import Optional
 
 from attnplan.errors import KernelCompileError
 from attnplan.kernel_cache import get_or_build
 
-from . import params
 from .dispatch import DispatchKey
+from .generation import Generation
+from .generations import named
 
 # Options every kernel is built with.  -std=c++17 for `if constexpr`; fast-math keeps exp2f and
 # the divisions single instructions, as FlashAttention does.
 BASE_OPTIONS = ("-std=c++17", "--use_fast_math", "-default-device", "-lineinfo")
-ENTRY_FILES = {("sm80", "forward"): "sm80/fwd.cu", ("sm80", "backward"): "sm80/bwd.cu"}
-ENTRY_POINTS = {"forward": ("attn_fwd_kernel",),
-                "backward": ("attn_bwd_preprocess_kernel", "attn_bwd_kernel", "attn_bwd_dq_convert_kernel"),
-                "backward_deterministic": ("attn_bwd_preprocess_kernel", "attn_bwd_kernel", "attn_bwd_dq_kernel")}
+
+
+def _generation(key: DispatchKey, generation: Optional[Generation]) -> Generation:
+    """The generation that makes `key`: the one given, else the one of GENERATIONS it names."""
+    if generation is None:
+        return named(key.generation)
+    if generation.name != key.generation:
+        raise ValueError(f"key {key.name} is of generation {key.generation!r}, not {generation.name!r}")
+    return generation
+
+
+def entry_points(key: DispatchKey, generation: Optional[Generation] = None) -> tuple:
+    """The kernels a module for `key` holds, in launch order."""
+    return _generation(key, generation).entry_points(key)
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -30,8 +42,13 @@ class NvrtcUnavailable(RuntimeError):
 
 
 def kernels_dir() -> Path:
+    """The package's CUDA sources (attnplan.kernels): every generation's that names no other."""
     from attnplan.kernels import SOURCE_DIR
     return SOURCE_DIR
+
+
+def source_dir(generation: Generation) -> Path:
+    return Path(generation.kernels_dir) if generation.kernels_dir is not None else kernels_dir()
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,15 +85,38 @@ def _tree_hash(root: str) -> str:
     return digest.hexdigest()
 
 
-def source_for(key: DispatchKey) -> str:
-    entry = ENTRY_FILES[(key.generation, key.direction)]
-    return params.c_struct(key.direction) + f'#include "{entry}"\n'
+def source_for(key: DispatchKey, generation: Optional[Generation] = None) -> str:
+    """What NVRTC compiles for `key`: the generation's parameter struct, then its entry file."""
+    module = _generation(key, generation).module(key.direction)
+    return module.params.c_struct() + f'#include "{module.entry_file}"\n'
 
 
-def options_for(key: DispatchKey) -> list[str]:
-    opts = list(BASE_OPTIONS) + [f"--gpu-architecture={key.arch}", f"-I{kernels_dir()}"]
-    opts += [f"-D{name}={value}" for name, value in sorted(key.defines().items())]
+def options_for(key: DispatchKey, generation: Optional[Generation] = None) -> list[str]:
+    """NVRTC options: the key's macros and the generation's shared-memory sizes for the kernels'
+    static_asserts (these change the cache key, never the kernel name)."""
+    generation = _generation(key, generation)
+    opts = list(BASE_OPTIONS) + [f"--gpu-architecture={key.arch}", f"-I{source_dir(generation)}"]
+    defines = {**key.defines(), **generation.shared_memory_defines(key)}
+    opts += [f"-D{name}={value}" for name, value in sorted(defines.items())]
     return opts
+
+
+def _stable(options: list[str]) -> list[str]:
+    """The options without the include path, which differs between installs and is no part of the code."""
+    return [o for o in options if not o.startswith("-I")]
+
+
+def pinned_options(key: DispatchKey, generation: Optional[Generation] = None) -> list[str]:
+    """The options a SKU records (arch, macros): what a pinned plan must be compiled with again."""
+    return _stable(options_for(key, generation))
+
+
+def source_hash(key: DispatchKey, generation: Optional[Generation] = None) -> str:
+    """16 hex digits of SHA-256 over the source NVRTC gets for `key` and every CUDA file below the
+    generation's kernels dir: a SKU records it, so a pinned plan knows when the kernel source changed."""
+    generation = _generation(key, generation)
+    text = source_for(key, generation) + "\0" + _tree_hash(str(source_dir(generation)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check(nvrtc, result, what: str):
@@ -108,12 +148,13 @@ def compile_source(source: str, name: str, options: list[str]) -> tuple[bytes, s
         nvrtc.nvrtcDestroyProgram(program)
 
 
-def compile_key(key: DispatchKey, extra_options: tuple = ()) -> tuple[bytes, bool]:
+def compile_key(key: DispatchKey, extra_options: tuple = (), generation: Optional[Generation] = None
+                ) -> tuple[bytes, bool]:
     """The cubin for `key` (from the disk cache when present); returns (cubin, was_cached)."""
-    source, options = source_for(key), options_for(key) + list(extra_options)
-    # The include path differs between installs; it is not part of what the code is.
-    stable_options = [o for o in options if not o.startswith("-I")]
+    generation = _generation(key, generation)
+    source, options = source_for(key, generation), options_for(key, generation) + list(extra_options)
     cache_key = hashlib.sha256("\0".join(
-        [key.name, source, _tree_hash(str(kernels_dir())), nvrtc_version(), *stable_options]).encode()).hexdigest()
+        [key.name, source, _tree_hash(str(source_dir(generation))), nvrtc_version(), *_stable(options)]
+    ).encode()).hexdigest()
     meta = {"name": key.name, "arch": key.arch, "nvrtc": nvrtc_version()}
     return get_or_build(cache_key, meta, lambda: compile_source(source, key.name, options)[0])

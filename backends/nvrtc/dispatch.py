@@ -35,7 +35,7 @@ class TileConfig:
 
 @attrs.frozen
 class DispatchKey:
-    generation: str          # kernel family: "sm80" (later "sm89", "sm90")
+    generation: str          # the Generation's name: "sm80", ...
     arch: str                # compile target: "sm_80", "sm_89", "sm_90", "sm_90a"
     direction: str
     dtype: str

@@ -12,7 +12,7 @@ from attnplan.descriptor import AttentionDescriptor
 from attnplan.device import Device
 
 from . import compiler
-from .backend import NvrtcBackend
+from .backend import backends
 from .dispatch import DispatchKey
 
 
@@ -22,19 +22,16 @@ def _compile(key: DispatchKey) -> tuple[str, bool]:
 
 
 def keys_for(descriptors, arch: int) -> list[DispatchKey]:
-    """The distinct dispatch keys the backend would build for `descriptors` on sm_`arch`."""
-    backend, device = NvrtcBackend(), Device.cuda(arch=arch)
-    keys = {}
-    for desc in descriptors:
-        if not backend.reasons(desc, device) and not _generic_reasons(backend, desc, device):
-            key = backend.dispatch_key(desc, device)
-            keys[key.name] = key
-    return list(keys.values())
-
-
-def _generic_reasons(backend, desc, device):
+    """The distinct dispatch keys the generations of GENERATIONS would build for `descriptors` on
+    sm_`arch` (each descriptor by every generation that takes it)."""
     from attnplan.capabilities import capability_reasons
-    return capability_reasons(backend.capabilities, desc, device)
+    device, keys = Device.cuda(arch=arch), {}
+    for backend in backends():
+        for desc in descriptors:
+            if not capability_reasons(backend.capabilities, desc, device) and not backend.reasons(desc, device):
+                key = backend.dispatch_key(desc, device)
+                keys[key.name] = key
+    return list(keys.values())
 
 
 def compile_all(keys: list[DispatchKey], console=None, workers: int | None = None) -> int:

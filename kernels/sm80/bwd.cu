@@ -1,5 +1,5 @@
 // FlashAttention-2 style backward pass for sm_80 .. sm_90 (warp-level mma.sync m16n8k16, fp32
-// accumulation).  Four kernels, launched in this order on one stream (backends/nvrtc/backward.py):
+// accumulation).  Four kernels, launched in this order on one stream (backends/nvrtc/sm80/runners.py):
 //
 //   attn_bwd_preprocess_kernel   delta_i = rowsum(dO_i * O_i) into the fp32 workspace; zeroes the fp32
 //                                dQ accumulator (when there is one)
@@ -18,7 +18,7 @@
 // two.  P is recomputed from the forward's LSE; a row whose LSE is -inf (no visible key) gets P = 0
 // and so zero gradients.
 //
-// Launch contract: backends/nvrtc/sm80_tiles.py (grids, shared memory) and backends/nvrtc/backward.py
+// Launch contract: backends/nvrtc/sm80/tiles.py (grids, shared memory) and backends/nvrtc/sm80/runners.py
 // (workspace layout).  Semantics: docs/semantics.md.  The runtime prepends `struct BwdParams`.
 
 #include "common/types.cuh"
@@ -121,9 +121,11 @@ constexpr int kSmemDO = kBlockM * LayoutV::kStride;
 constexpr int kSmemS = kBlockN * LayoutS::kStride;
 constexpr int kSmemElems = kSmemK + kSmemV + kStages * (kSmemQ + kSmemDO) + 2 * kSmemS;
 constexpr int kSmemBytes = kSmemElems * kElemBytes + kStages * 2 * kBlockM * 4;  // + lse and delta rows (fp32)
-#ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:backward_shared_memory_bytes
-static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.backward_shared_memory_bytes disagrees");
+// Cross-check of the Python formula (backends/nvrtc/sm80/tiles.py:backward_shared_memory_bytes), on every compile.
+#ifndef ATTN_EXPECTED_BWD_SMEM_BYTES
+#error "ATTN_EXPECTED_BWD_SMEM_BYTES: the launcher's shared-memory size must be passed (backends/nvrtc/generation.py)"
 #endif
+static_assert(kSmemBytes == ATTN_EXPECTED_BWD_SMEM_BYTES, "sm80 tiles.backward_shared_memory_bytes disagrees");
 
 // dQ from this CTA's dS: units of kDqMT m16 tiles of query rows x kDGroup n16 pairs of head dims,
 // spread over the warps; 2 x 2 units load 4 fragments per 8 mma (1 x 4 units: 5).
@@ -486,9 +488,11 @@ constexpr int kSmemDO = kBlockM * LayoutV::kStride;
 constexpr int kSmemK = kBlockN * LayoutQK::kStride;
 constexpr int kSmemV = kBlockN * LayoutV::kStride;
 constexpr int kSmemBytes = (kSmemQ + kSmemDO + kSmemK + kSmemV) * kElemBytes;
-#ifdef ATTN_EXPECTED_DQ_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:dq_shared_memory_bytes
-static_assert(kSmemBytes == ATTN_EXPECTED_DQ_SMEM_BYTES, "sm80_tiles.dq_shared_memory_bytes disagrees");
+// Cross-check of the Python formula (backends/nvrtc/sm80/tiles.py:dq_shared_memory_bytes), on every compile.
+#ifndef ATTN_EXPECTED_DQ_SMEM_BYTES
+#error "ATTN_EXPECTED_DQ_SMEM_BYTES: the launcher's shared-memory size must be passed (backends/nvrtc/generation.py)"
 #endif
+static_assert(kSmemBytes == ATTN_EXPECTED_DQ_SMEM_BYTES, "sm80 tiles.dq_shared_memory_bytes disagrees");
 
 }  // namespace dq
 }  // namespace bwd

@@ -8,7 +8,7 @@
 // buffer each for Q, K, V).  With KV_STAGES = 2 K has two buffers and the next K starts loading
 // with V, overlapping the whole iteration.  Q stays in shared memory and is re-read with ldmatrix; S, P and O live
 // in registers.  The launch contract (grid, strides, varlen, paged KV) is described in
-// backends/nvrtc/sm80_tiles.py; the semantics in docs/semantics.md.
+// backends/nvrtc/sm80/tiles.py; the semantics in docs/semantics.md.
 //
 // Parts, each in its own header: element types and PTX wrappers (common/types.cuh), the fragment
 // coordinates every mask and score rule is applied through (common/fragment.cuh), sequence
@@ -29,7 +29,7 @@
 
 // ---------------------------------------------------------------------------------------------
 // The kernel.  grid = (ceil(max seqlen_q / BLOCK_M), heads_q, batch), block = NUM_WARPS * 32,
-// dynamic shared memory = kSmemBytes (= sm80_tiles.shared_memory_bytes).
+// dynamic shared memory = kSmemBytes (= sm80/tiles.py: shared_memory_bytes).
 // ---------------------------------------------------------------------------------------------
 extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32) attn_fwd_kernel(const FwdParams p) {
   using namespace attn;

@@ -48,9 +48,11 @@ constexpr int kSmemV = kBlockN * LayoutV::kStride;
 constexpr int kKStages = KV_STAGES;  // K tile buffers (2: the next K loads during this tile's whole iteration)
 static_assert(kKStages == 1 || kKStages == 2, "KV_STAGES: 1 or 2");
 constexpr int kSmemBytes = (kSmemRegion0 + kKStages * kSmemK + kSmemV) * kElemBytes;
-#ifdef ATTN_EXPECTED_SMEM_BYTES  // cross-check of backends/nvrtc/sm80_tiles.py:shared_memory_bytes
-static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80_tiles.shared_memory_bytes disagrees with the kernel");
+// Cross-check of the Python formula (backends/nvrtc/sm80/tiles.py:shared_memory_bytes), on every compile.
+#ifndef ATTN_EXPECTED_SMEM_BYTES
+#error "ATTN_EXPECTED_SMEM_BYTES: the launcher's shared-memory size must be passed (backends/nvrtc/generation.py)"
 #endif
+static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm80 tiles.shared_memory_bytes disagrees with the kernel");
 
 }  // namespace sm80
 }  // namespace attn

@@ -19,8 +19,9 @@ if which in ("forward", "all"):
     descs += [d for _, d in forward_cases()]
 keys = keys_for(descs, arch)
 if which in ("backward", "all"):
+    from attnplan.backends.nvrtc import sm80
     from attnplan.backends.nvrtc.backend import NvrtcBackend
     from attnplan.device import Device
-    keys += [NvrtcBackend().dispatch_key(desc, Device.cuda(arch=arch), config)
+    keys += [NvrtcBackend(sm80.GENERATION).dispatch_key(desc, Device.cuda(arch=arch), config)
              for _, desc, config in pinned_backward_cases()]
 sys.exit(1 if compile_all(keys) else 0)

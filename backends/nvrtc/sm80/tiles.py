@@ -1,4 +1,4 @@
-"""Tile configurations and shared-memory sizes of the sm80 forward kernel (kernels/sm80/fwd.cu).
+"""Tile configurations and shared-memory sizes of the sm80 kernels (kernels/sm80/fwd.cu, then bwd.cu below).
 
 The kernel is compiled with -D HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_N, NUM_WARPS (plus dtype and
 feature switches) and launched as
@@ -98,13 +98,6 @@ def _first_fitting(candidates, stages_of, smem_of, head_dim: int, head_dim_v: in
                      f"on sm_{arch}")
 
 
-def check_fits(smem_bytes: int, arch: int, kernel: str) -> None:
-    """ValueError when a (pinned) tile needs more dynamic shared memory than sm_`arch` gives a block."""
-    limit = smem_limit(arch)
-    if smem_bytes > limit:
-        raise ValueError(f"{kernel}: needs {smem_bytes} bytes of shared memory per block; sm_{arch} allows {limit}")
-
-
 def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, int, int]:
     """Launch grid; seqlen_q is the maximum sequence length for varlen."""
     return (-(-seqlen_q // block_m), heads_q, batch)
@@ -118,8 +111,7 @@ def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int) -> tuple[int, in
 # dP^T for half of the query rows, the other for the other half, and each keeps half of the dK / dV
 # columns, with P^T and dS^T exchanged through shared memory.
 # attn_bwd_dq_kernel (deterministic only): grid = (ceil(seqlen_q / block_m), heads_q, batch) with the
-# dq tile below.  Preprocess and convert kernels: grid = (ceil(seqlen_q / 64), heads_q, batch), 128
-# threads, no dynamic shared memory.
+# dq tile below.  Preprocess and convert kernels: runners.py (AUX_ROWS, AUX_THREADS).
 
 # (block_m, block_n, num_warps) by the wider head dim, after FlashAttention-2's sm80 choices; the
 # fallbacks serve archs with less shared memory (sm_86 / sm_89).  d <= 64: 128 query rows per step
@@ -132,8 +124,6 @@ _BWD_PREFERRED_CAUSAL = {64: (64, 64, 4)}
 _BWD_FALLBACKS = {64: ((64, 64, 4),), 128: ((64, 64, 4), (32, 64, 4)), 256: ((32, 32, 4),)}
 _DQ_PREFERRED = ((128, (64, 64, 4)), (256, (64, 32, 4)))
 _DQ_FALLBACKS = ((32, 32, 2),)
-AUX_ROWS = 64          # rows per CTA of the preprocess and convert kernels
-AUX_THREADS = 128
 
 
 def backward_shared_memory_bytes(head_dim: int, head_dim_v: int, block_m: int, block_n: int, stages: int = 1,

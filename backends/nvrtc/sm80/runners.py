@@ -1,6 +1,9 @@
-"""The sm80 backward pass at run time: workspace layout, kernel launches, and d sink_logits.
+"""The sm80 kernels at run time: the forward runner, and the backward's workspace layout, kernel
+launches and d sink_logits.
 
-Launch order on the caller's stream (kernels/sm80/bwd.cu):
+Forward (kernels/sm80/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / block_m), heads_q, batch).
+
+Backward launch order on the caller's stream (kernels/sm80/bwd.cu):
   1. attn_bwd_preprocess_kernel   delta = rowsum(dO * O) -> workspace; zeroes the dQ accumulator
   2. attn_bwd_kernel              dK, dV (and dQ += dS K through fp32 atomics unless deterministic)
   3. attn_bwd_dq_convert_kernel   dQ = scale * accumulator          (default mode)
@@ -28,12 +31,27 @@ from attnplan.errors import InvalidArguments
 from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
 
-from . import launcher, params, sm80_tiles
-from .dispatch import DispatchKey
-from .launch_params import (backward_layout_values, backward_pointer_values, check_vector_access,
-                            check_vector_pointers, check_vector_strides, layout_values, pointer_values)
+from .. import launcher, params
+from ..dispatch import DispatchKey
+from ..launch_params import (backward_layout_values, backward_pointer_values, check_vector_access,
+                             check_vector_pointers, check_vector_strides, layout_values, pointer_values)
 
-ALIGN = 256
+FORWARD_KERNEL = "attn_fwd_kernel"
+PREPROCESS_KERNEL, BACKWARD_KERNEL = "attn_bwd_preprocess_kernel", "attn_bwd_kernel"
+DQ_CONVERT_KERNEL, DQ_KERNEL = "attn_bwd_dq_convert_kernel", "attn_bwd_dq_kernel"
+AUX_ROWS = 64          # rows per CTA of the preprocess and convert kernels
+AUX_THREADS = 128
+ALIGN = 256            # workspace base and dq_accum offset: 256-byte boundaries
+FORWARD_PER_CALL = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv",
+                    "block_table", "seqlens_kv", "dropout_seed")
+
+
+def forward_entry_points(key: DispatchKey) -> tuple:
+    return (FORWARD_KERNEL,)
+
+
+def backward_entry_points(key: DispatchKey) -> tuple:
+    return (PREPROCESS_KERNEL, BACKWARD_KERNEL, DQ_KERNEL if key.deterministic else DQ_CONVERT_KERNEL)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -59,6 +77,11 @@ class WorkspaceLayout:
         return cls(delta, _round_up(delta, ALIGN), accum)
 
 
+def workspace_size(desc: AttentionDescriptor) -> int:
+    """Bytes of the one workspace buffer: the backward's (the forward needs none)."""
+    return WorkspaceLayout.for_problem(desc).total if desc.direction == "backward" else 0
+
+
 def workspace_strides(desc: AttentionDescriptor, total_q: int) -> dict:
     """Element strides of the workspace views for the kernel parameter block."""
     if desc.layout == "thd":
@@ -78,30 +101,68 @@ def _cupy_stream(cupy, handle: int, device_index: int):
         return cupy.cuda.ExternalStream(handle, device_index)
 
 
+class ForwardRunner:
+    """Launches the forward kernel for bound arguments (loads the module on first use).  The stride
+    checks and the parameter block's layout fields are worked out once per argument signature."""
+
+    notes = "forward: one CTA per (query tile, head, batch); no atomics"
+
+    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: dict, device: Device,
+                 struct: params.StructLayout):
+        self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
+        self.shared = shared["shared_memory_bytes"]
+        self.grid = (math.ceil(desc.seqlen_q / key.tiles.block_m), desc.heads_q, desc.batch)
+        self._kernel = None
+        self._checked = LayoutCache()
+        self._blocks = LayoutCache()
+
+    def kernel(self):
+        if self._kernel is None:
+            self._kernel = launcher.load(self.cubin, FORWARD_KERNEL, self.shared, self.key.tiles.num_warps * 32,
+                                         self.device.index)
+        return self._kernel
+
+    def check_arguments(self, bound) -> None:
+        check_vector_access({"q": bound.q, "k": bound.k, "v": bound.v, "out": bound.out}, bound.signature,
+                            self._checked)
+
+    def _block(self, bound, out, lse) -> params.ParamBlock:
+        check_vector_strides({"out": out})          # q, k, v: checked by Plan.can_implement
+        return params.ParamBlock(self.struct, layout_values(self.desc, bound, out, lse), FORWARD_PER_CALL)
+
+    def __call__(self, bound, out, lse) -> None:
+        block = self._blocks.get(bound.signature, self._block, bound, out, lse)
+        check_vector_pointers({"out": out})
+        handle = stream_handle(bound.stream, bound.q.origin)
+        launcher.launch(self.kernel(), self.grid, block.fill(pointer_values(bound, out, lse)), handle)
+
+
 class BackwardRunner:
     """Launches the backward kernels of one dispatch key (modules load on first use)."""
 
-    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: int, dq_shared: int,
-                 device: Device):
-        self.desc, self.key, self.cubin, self.device = desc, key, cubin, device
-        self.shared, self.dq_shared = shared, dq_shared
+    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: dict, device: Device,
+                 struct: params.StructLayout):
+        self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
+        self.shared, self.dq_shared = shared["shared_memory_bytes"], shared.get("dq_shared_memory_bytes", 0)
         self.layout = WorkspaceLayout.for_problem(desc)
         self._kernels: dict = {}
         self._checked = LayoutCache()
         self._blocks = LayoutCache()
 
     @property
-    def workspace_size(self) -> int:
-        return self.layout.total
+    def notes(self) -> str:
+        return ("backward: dK/dV per (key tile, kv head, sequence) over the GQA group; "
+                + ("dQ per (query tile, head, sequence), no atomics" if self.desc.deterministic
+                   else "dQ through fp32 atomics (run-to-run bits may differ)"))
 
     def _kernel(self, entry: str):
         if entry not in self._kernels:
-            if entry == "attn_bwd_kernel":
+            if entry == BACKWARD_KERNEL:
                 shared, threads = self.shared, self.key.tiles.num_warps * 32
-            elif entry == "attn_bwd_dq_kernel":
+            elif entry == DQ_KERNEL:
                 shared, threads = self.dq_shared, self.key.dq_tiles.num_warps * 32
             else:
-                shared, threads = 0, sm80_tiles.AUX_THREADS
+                shared, threads = 0, AUX_THREADS
             self._kernels[entry] = launcher.load(self.cubin, entry, shared, threads, self.device.index)
         return self._kernels[entry]
 
@@ -119,7 +180,7 @@ class BackwardRunner:
         fixed.update(backward_layout_values(desc, bound, grads))
         fixed.update(workspace_strides(desc, total_q))
         per_call = tuple(pointer_values(bound, bound.out, bound.lse)) + tuple(backward_pointer_values(bound, grads))
-        return params.ParamBlock("backward", fixed, per_call)
+        return params.ParamBlock(self.struct, fixed, per_call)
 
     def __call__(self, bound, dq, dk, dv, dsink) -> None:
         import cupy
@@ -143,15 +204,15 @@ class BackwardRunner:
             values["dq_accum"] = 0 if desc.deterministic else base + self.layout.dq_accum_offset
             filled = block.fill(values)
 
-            aux_grid = (math.ceil(desc.seqlen_q / sm80_tiles.AUX_ROWS), desc.heads_q, desc.batch)
-            launcher.launch(self._kernel("attn_bwd_preprocess_kernel"), aux_grid, filled, handle)
+            aux_grid = (math.ceil(desc.seqlen_q / AUX_ROWS), desc.heads_q, desc.batch)
+            launcher.launch(self._kernel(PREPROCESS_KERNEL), aux_grid, filled, handle)
             main_grid = (math.ceil(desc.seqlen_kv / self.key.tiles.block_n), desc.heads_kv, desc.batch)
-            launcher.launch(self._kernel("attn_bwd_kernel"), main_grid, filled, handle)
+            launcher.launch(self._kernel(BACKWARD_KERNEL), main_grid, filled, handle)
             if desc.deterministic:
                 dq_grid = (math.ceil(desc.seqlen_q / self.key.dq_tiles.block_m), desc.heads_q, desc.batch)
-                launcher.launch(self._kernel("attn_bwd_dq_kernel"), dq_grid, filled, handle)
+                launcher.launch(self._kernel(DQ_KERNEL), dq_grid, filled, handle)
             else:
-                launcher.launch(self._kernel("attn_bwd_dq_convert_kernel"), aux_grid, filled, handle)
+                launcher.launch(self._kernel(DQ_CONVERT_KERNEL), aux_grid, filled, handle)
             if dsink is not None:
                 self._sink_gradient(bound, dsink, base, total_q, workspace, cupy)
 
