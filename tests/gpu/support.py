@@ -130,10 +130,15 @@ def run_backward_poisoned(plan, args):
 
 
 def pinned_plan(desc, backend_name: str, config: dict) -> Plan:
-    """A plan of `backend_name` built with an explicit tile config (bypassing the arch's choice)."""
-    from attnplan import registry
+    """A plan of `backend_name` (a backend, or a family such as "nvrtc": its first member that accepts
+    `desc`) built with an explicit tile config (bypassing the arch's choice)."""
+    from attnplan import explain, registry
     device = default_device()
-    backend = registry.get(backend_name)
+    members = registry.resolve(backend_name)
+    accepting = [b for b in members if explain(desc, device, prefer=b.name, restrict=True).choice == b.name]
+    if not accepting:
+        raise AssertionError(f"no member of {backend_name!r} accepts {desc}")
+    backend = accepting[0]
     return Plan(desc, device, backend, backend.build(desc, device, config))
 
 
