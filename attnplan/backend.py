@@ -49,6 +49,12 @@ class Backend:
         """What this machine lacks for this backend to run (libraries, a present device)."""
         return []
 
+    def gate(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        """Why the planner must not choose this backend on its own (code not yet verified on a GPU):
+        empty when verified.  An explicit opt-in lifts the gate: `prefer=` naming this backend
+        exactly, or $ATTNPLAN_UNVERIFIED naming it (or "all")."""
+        return []
+
     def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:
         """The guarantee a plan for `desc` will carry (known before building: the planner's tie rule)."""
         raise NotImplementedError

@@ -3,6 +3,7 @@ one loop over the registry; every rejected backend says why."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple, Optional
 
 import attrs
@@ -70,10 +71,21 @@ class Verdicts(list):
                 "policy": self.policy, "ranking": list(self.ranking), "choice": self.choice, "why": self.why}
 
 
-def _verdict(backend: Backend, desc: AttentionDescriptor, device: Device) -> Verdict:
+UNVERIFIED_ENV = "ATTNPLAN_UNVERIFIED"      # comma-separated backend names (or "all") allowed past their gate
+
+
+def _opted_in(name: str, prefer) -> bool:
+    named = [prefer] if isinstance(prefer, str) else list(prefer or ())
+    allowed = {n.strip() for n in os.environ.get(UNVERIFIED_ENV, "").split(",") if n.strip()}
+    return name in named or name in allowed or "all" in allowed
+
+
+def _verdict(backend: Backend, desc: AttentionDescriptor, device: Device, prefer=None) -> Verdict:
     reasons = capability_reasons(backend.capabilities, desc, device)
     if not reasons:
         reasons = backend.reasons(desc, device)
+    if not reasons and not _opted_in(backend.name, prefer):
+        reasons = backend.gate(desc, device)      # unverified code is not ranked until opted in
     capable = not reasons
     if capable:
         reasons = backend.availability(desc, device)
@@ -97,7 +109,7 @@ def assess(desc: AttentionDescriptor, device: Device, prefer=None, restrict: boo
     cache only."""
     policy = resolve_policy(policy)
     chosen = registry.ordered(prefer, restrict)
-    verdicts = Verdicts(_with_estimate(_verdict(b, desc, device), desc, device) for b in chosen)
+    verdicts = Verdicts(_with_estimate(_verdict(b, desc, device, prefer), desc, device) for b in chosen)
     by_name = {b.name: b for b in chosen}
     basis = f"the {table_name(device.arch_name)} table" if device.kind == "cuda" else "a table"
     times = {v.backend: v.estimate_us for v in verdicts}
@@ -151,7 +163,7 @@ def _backend_of(sku: KernelSku, desc: AttentionDescriptor, device: Device) -> Ba
     if len(members) == 1:
         return members[0]
     for backend in members:
-        if _verdict(backend, desc, device).capable and backend.kernel_name(desc, device) == sku.kernel:
+        if _verdict(backend, desc, device, backend.name).capable and backend.kernel_name(desc, device) == sku.kernel:
             return backend
     raise KeyError(f"SKU backend {sku.backend!r} is a family; none of {[b.name for b in members]} builds {sku.kernel}")
 
@@ -193,7 +205,7 @@ class Plan:
             backend = _backend_of(sku, desc, device)
         except KeyError as exc:
             raise SkuMismatch(str(exc)) from None
-        verdict = _verdict(backend, desc, device)
+        verdict = _verdict(backend, desc, device, prefer=backend.name)      # a pinned SKU is an opt-in
         if not verdict.accepted:
             raise SkuMismatch(f"backend {sku.backend!r} rejects this problem: {'; '.join(verdict.reasons)}")
         if sku.arch != device.arch_name:

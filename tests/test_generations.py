@@ -6,6 +6,7 @@ source and compile options and round-trips through JSON."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -187,3 +188,49 @@ def test_a_sku_without_pins_still_builds_but_is_not_the_same_sku():
     assert backend.build(FORWARD, SM90, unpinned).sku == sku
     with pytest.raises(SkuMismatch, match="pinned SKU is"):
         Plan.from_sku(FORWARD, KernelSku.from_dict({**sku.to_dict(), "config": unpinned}), "sm_90")
+
+
+# -- the GPU-verification gate ------------------------------------------------------------------
+
+@pytest.fixture
+def gated(tmp_path):
+    """The test generation with a verification record in tmp_path and rungs chosen by head dim."""
+    record = tmp_path / "verified.json"
+    generation = attrs.evolve(TEST_GENERATION, verification=record,
+                              rung=lambda desc, arch: "wide" if desc.head_dim > 64 else "narrow")
+    backend = NvrtcBackend(generation)
+    registry.register(backend)
+    yield backend, record
+    registry.unregister(backend.name)
+
+
+def test_an_unverified_rung_is_not_ranked_and_says_why(gated, monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    backend, record = gated
+    verdicts = explain(FORWARD, "sm_90")
+    verdict = verdicts.of(TESTGEN)
+    assert not verdict.accepted and not verdict.capable and TESTGEN not in verdicts.ranking
+    assert "not verified on a GPU yet (rung 'narrow')" in verdict.reasons[0]
+    assert f"prefer={TESTGEN!r}" in verdict.reasons[0] and "ATTNPLAN_UNVERIFIED" in verdict.reasons[0]
+
+
+def test_prefer_naming_it_or_the_environment_opts_in(gated, monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    assert explain(FORWARD, "sm_90", prefer=TESTGEN).of(TESTGEN).accepted
+    assert not explain(FORWARD, "sm_90", prefer="nvrtc").of(TESTGEN).accepted      # a family is no opt-in
+    monkeypatch.setenv("ATTNPLAN_UNVERIFIED", f"other,{TESTGEN}")
+    assert explain(FORWARD, "sm_90").of(TESTGEN).accepted
+    monkeypatch.setenv("ATTNPLAN_UNVERIFIED", "all")
+    assert explain(FORWARD, "sm_90").of(TESTGEN).accepted
+
+
+def test_the_record_ungates_exactly_the_rungs_it_lists(gated, monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    backend, record = gated
+    record.write_text(json.dumps({"rungs": {"narrow": {"device": "NVIDIA H200", "date": "2026-12-01",
+                                                       "results": "bench/results/x.json"}}}))
+    assert explain(FORWARD, "sm_90").of(TESTGEN).accepted                                    # d64: narrow
+    wide = explain(FORWARD.replace(head_dim=128, head_dim_v=128), "sm_90").of(TESTGEN)
+    assert not wide.accepted and "rung 'wide'" in wide.reasons[0]
+    record.write_text("{not json")                                                          # damaged: nothing
+    assert not explain(FORWARD, "sm_90").of(TESTGEN).accepted

@@ -18,7 +18,7 @@ from attnplan.sku import KernelSku, PrecisionGuarantee
 
 from . import compiler
 from .dispatch import DispatchKey, TileConfig
-from .generation import Generation
+from .generation import Generation, verified_rungs
 from .generations import GENERATIONS
 
 
@@ -45,6 +45,16 @@ class NvrtcBackend(Backend):
             except ValueError as exc:
                 reasons.append(str(exc))
         return reasons
+
+    def gate(self, desc: AttentionDescriptor, device: Device) -> list[str]:
+        record = self.generation.verification
+        if record is None or device.arch is None:
+            return []
+        rung = self.generation.rung(desc, device.arch)
+        if rung in verified_rungs(record):
+            return []
+        return [f"not verified on a GPU yet (rung {rung!r}): the planner does not choose it; opt in with "
+                f"prefer={self.name!r} or ATTNPLAN_UNVERIFIED={self.name}"]
 
     def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
         missing = []

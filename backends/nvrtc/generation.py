@@ -9,6 +9,7 @@ a package like sm80/ and an entry in generations.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -74,6 +75,11 @@ class Generation:
     arch_suffix: str = ""
     # Where entry files and their headers live; None: the package's kernels (compiler.kernels_dir()).
     kernels_dir: Optional[Path] = None
+    # Code written without a GPU lands gated: `rung(desc, arch)` names the variant a problem gets, and
+    # the planner does not choose it until `verification` (a JSON record in the package: {"rungs":
+    # {rung: {"device", "date", "results"}}}, written by the GPU run) lists that rung.  None: verified.
+    verification: Optional[Path] = None
+    rung: Callable[[AttentionDescriptor, int], str] = lambda desc, arch: ""
 
     def __attrs_post_init__(self):
         if "backward" in self.capabilities.directions and self.backward is None:
@@ -121,3 +127,13 @@ class Generation:
             if needed > limit:
                 name = kernel + (" (dQ kernel)" if what.startswith("dq_") else "")
                 raise ValueError(f"{name}: needs {needed} bytes of shared memory per block; sm_{arch} allows {limit}")
+
+
+def verified_rungs(record: Optional[Path]) -> dict:
+    """The rungs a verification record lists ({} for a missing or unreadable record: nothing verified)."""
+    if record is None:
+        return {}
+    try:
+        return dict(json.loads(Path(record).read_text()).get("rungs", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
