@@ -2,6 +2,7 @@
 list / clear, and what bad flags do."""
 
 import json
+import re
 
 import pytest
 from rich.console import Console
@@ -217,3 +218,25 @@ def test_unknown_backend_flag_fails_cleanly(capsys):
 def test_bad_device_flag_fails_cleanly(capsys):
     assert cli.main(["explain", "--device", "gpu0"]) != 0
     assert "gpu0" in capsys.readouterr().out
+
+
+# -- tune ------------------------------------------------------------------------------------------
+
+def test_tune_on_the_cpu_times_the_reference_and_remembers_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNPLAN_TUNING_DIR", str(tmp_path))
+    assert cli.main(["tune", "--device", "cpu", "--dtype", "f32", *SMALL]) == 0
+    text = capsys.readouterr().out
+    row = table_row(text, "reference")
+    assert re.search(r"\d+\.\d{4}", row), row                     # a measured median in ms
+    assert "only reference accepts" in text and KernelSku.from_json(line_after(text, "chosen SKU: ")).backend == "reference"
+    assert len(list(tmp_path.glob("*.json"))) == 1                 # remembered on disk
+    assert cli.main(["tune", "--device", "cpu", "--dtype", "f32", *SMALL]) == 0
+    assert table_row(capsys.readouterr().out, "reference") == row   # the second run read the same median back
+    assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_explain_json_is_one_object_with_the_choice(capsys):
+    assert cli.main(["explain", "--device", "cpu", "--json", *SMALL]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["choice"] == "reference" and data["ranking"] == ["reference"]
+    assert {v["backend"] for v in data["verdicts"]} >= {"reference", "cudnn"}
