@@ -20,6 +20,9 @@ RESULTS = REPO / "bench" / "results"
 # The same-run H200 sweeps the shipped sm90.json is generated from (docs/performance.md says how).
 SHIPPED_SOURCES = sorted(RESULTS.glob("2026-12-01-h200-planner-*.json"))
 SM90 = Device.cuda(arch=90)
+# The installed-wheel run of CI copies tests/ alone: the results files are not beside it there.
+needs_results = pytest.mark.skipif(not SHIPPED_SOURCES, reason="bench/results is not beside the tests "
+                                                                "(installed-wheel run)")
 KEY = CellKey("cudnn", "forward", "bf16", 128, False, "plain")
 
 
@@ -102,6 +105,7 @@ def test_the_tables_folder_override_wins(tmp_path, monkeypatch):
 
 # -- the generator over the committed results ----------------------------------------------------
 
+@needs_results
 def test_the_shipped_table_is_what_the_generator_makes_of_its_sources():
     shipped = table_for("sm_90")
     assert {s[0] for s in shipped.sources} == {p.name for p in SHIPPED_SOURCES}
@@ -142,6 +146,7 @@ def test_older_full_sweeps_also_reproduce_their_winners(path):
         assert min(estimates, key=estimates.get) == winner
 
 
+@needs_results
 def test_generator_refuses_mixed_arches_and_no_files(tmp_path):
     a = json.loads(SHIPPED_SOURCES[0].read_text())
     b = {**a, "device": {**a["device"], "arch": "sm_80"}}
@@ -153,6 +158,7 @@ def test_generator_refuses_mixed_arches_and_no_files(tmp_path):
         table_from_results([])
 
 
+@needs_results
 def test_newest_file_wins_a_cell(tmp_path):
     data = json.loads(SHIPPED_SOURCES[0].read_text())
     newer = {**data, "date": "2099-01-01T00:00:00+00:00",
@@ -165,6 +171,7 @@ def test_newest_file_wins_a_cell(tmp_path):
         assert both.cell(cell.key).tflops == pytest.approx(tuple(2 * t for t in cell.tflops))
 
 
+@needs_results
 def test_bench_table_command_writes_a_loadable_table(tmp_path, capsys):
     out = tmp_path / "sm90.json"
     assert cli.main(["bench", "table", *map(str, SHIPPED_SOURCES), "-o", str(out)]) == 0
@@ -200,6 +207,7 @@ def test_explain_json_ranks_the_sm80_kernel_first_where_it_measured_faster(capsy
     assert data["ranking"][0] == "nvrtc.sm80", data["ranking"]
 
 
+@needs_results
 def test_every_row_of_the_newest_sweeps_ranks_within_5_percent_of_our_fastest():
     """The issue's bar: the backend explain ranks first on a described sm_90 is within 5% of the fastest
     of our backends in every row (peers do not count)."""
