@@ -15,12 +15,18 @@ from . import __version__, registry
 from .accuracy import relative_l2_error
 from .descriptor import AttentionDescriptor, PagedKV
 from .device import as_device
-from .errors import AttnPlanError
+from .errors import AttnPlanError, InvalidOption
 from .plan import Plan, assess
 from .problems import random_inputs
 from .timing import median, time_ms
 
 console = Console()
+
+
+def print_plain(text: str) -> None:
+    """One line exactly as given: no markup, highlighting or emoji codes, and never wrapped, so a
+    JSON payload in it stays one parseable line when the output is piped."""
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,25 +49,35 @@ def add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--alibi", action="store_true")
     p.add_argument("--softcap", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--paged", type=int, default=0, metavar="PAGE_SIZE", help="paged KV with this page size")
+    p.add_argument("--paged", type=int, default=None, metavar="PAGE_SIZE", help="paged KV with this page size")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | sm_NN (described, for explain)")
     p.add_argument("--backend", default=None, help="run only this backend")
 
 
+def positive(flag: str, value, default):
+    """A size flag's value: `default` when the flag was left out; InvalidOption when it is not positive
+    (0 must not quietly mean "the default")."""
+    if value is None:
+        return default
+    if value <= 0:
+        raise InvalidOption(flag, value, "a positive integer (leave the flag out for the default)")
+    return value
+
+
 def descriptor_from(args, device) -> AttentionDescriptor:
     on_gpu = device.kind == "cuda"
-    seqlen_q = args.seqlen_q or (2048 if on_gpu else 128)
-    seqlen_kv = args.seqlen_kv or seqlen_q
-    head_dim = args.head_dim or (128 if on_gpu else 64)
-    heads_q = args.heads_q or (16 if on_gpu else 4)
-    paged = None
-    if args.paged:
-        paged = PagedKV(args.paged, -(-seqlen_kv // args.paged))
+    seqlen_q = positive("--seqlen-q", args.seqlen_q, 2048 if on_gpu else 128)
+    seqlen_kv = positive("--seqlen-kv", args.seqlen_kv, seqlen_q)
+    head_dim = positive("--head-dim", args.head_dim, 128 if on_gpu else 64)
+    heads_q = positive("--heads-q", args.heads_q, 16 if on_gpu else 4)
+    page_size = positive("--paged", args.paged, None)
+    paged = None if page_size is None else PagedKV(page_size, -(-seqlen_kv // page_size))
     return AttentionDescriptor(
-        batch=args.batch or (4 if on_gpu else 2), seqlen_q=seqlen_q, seqlen_kv=seqlen_kv, heads_q=heads_q,
-        heads_kv=args.heads_kv or heads_q, head_dim=head_dim, head_dim_v=args.head_dim_v or head_dim,
+        batch=positive("--batch", args.batch, 4 if on_gpu else 2), seqlen_q=seqlen_q, seqlen_kv=seqlen_kv,
+        heads_q=heads_q, heads_kv=positive("--heads-kv", args.heads_kv, heads_q), head_dim=head_dim,
+        head_dim_v=positive("--head-dim-v", args.head_dim_v, head_dim),
         dtype=args.dtype, layout=args.layout, causal=args.causal, causal_alignment=args.alignment,
         window=tuple(args.window), sink_tokens=args.sink_tokens, sink_logits=args.sink_logits, alibi=args.alibi,
         softcap=args.softcap, dropout_p=args.dropout, paged=paged, return_lse=True,
@@ -77,13 +93,13 @@ def _versions() -> dict:
 
 def cmd_info(args) -> int:
     device = as_device(args.device)
-    console.print(f"[bold]attnplan {__version__}[/bold] on {device}")
+    console.print(f"[bold]attnplan {__version__}[/bold] on {escape(str(device))}")
     table = Table("backend", "libraries", "available on this device")
     for backend in registry.backends():
         versions = ", ".join(f"{k} {v}" for k, v in backend.library_versions().items()) or "-"
         probe = AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1, head_dim=64, dtype="f16")
         own = backend.availability(probe, device) or backend.reasons(probe, device)
-        table.add_row(backend.name, versions, "yes" if not own else "; ".join(own))
+        table.add_row(escape(backend.name), escape(versions), "yes" if not own else escape("; ".join(own)))
     console.print(table)
     return 0
 
@@ -95,7 +111,8 @@ def _verdict_table(verdicts) -> Table:
         mark = "*" if v.backend == verdicts.choice else (str(verdicts.ranking.index(v.backend) + 1)
                                                          if v.backend in verdicts.ranking else "")
         # Reasons are plain text: "[cuda13]" in a pip hint must not be read as rich markup.
-        table.add_row(mark, v.backend, v.kernel, f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
+        table.add_row(mark, escape(v.backend), escape(v.kernel),
+                      f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
                       f"{v.estimate_us:.1f}" if v.estimate_us else "-",
                       f"{v.measured_ms:.3f}" if v.measured_ms else "-",
                       "[green]accepted[/green]" if v.accepted else escape("; ".join(v.reasons)))
@@ -110,11 +127,11 @@ def cmd_explain(args) -> int:
     if args.json:
         print(json.dumps({"problem": desc.to_dict(), "device": str(device), **verdicts.as_json()}, default=str))
         return 0 if verdicts.choice else 1
-    console.print(f"problem: {json.dumps(desc.to_dict())}")
-    console.print(f"device: {device}")
+    print_plain(f"problem: {json.dumps(desc.to_dict())}")
+    print_plain(f"device: {device}")
     console.print(_verdict_table(verdicts))
-    console.print(f"policy {verdicts.policy}: ranking {', '.join(verdicts.ranking) or '-'}")
-    console.print(f"choice: {verdicts.choice or '-'} ({escape(verdicts.why)})")
+    print_plain(f"policy {verdicts.policy}: ranking {', '.join(verdicts.ranking) or '-'}")
+    print_plain(f"choice: {verdicts.choice or '-'} ({verdicts.why})")
     if verdicts.choice is None:
         console.print("[red]no plan[/red]: NoPlanError")
         return 1
@@ -123,7 +140,7 @@ def cmd_explain(args) -> int:
     except AttnPlanError as exc:
         console.print(f"[red]no plan[/red]: {exc.__class__.__name__}")
         return 1
-    console.print(f"chosen SKU: {plan.sku.to_json()}")
+    print_plain(f"chosen SKU: {plan.sku.to_json()}")
     return 0
 
 
@@ -137,16 +154,16 @@ def cmd_tune(args) -> int:
     plan = Plan.select(desc, device, prefer=args.backend, restrict=restrict, policy="autotune")
     table = Table("backend", "kernel", "measured ms", "measured TFLOP/s", "estimate TFLOP/s", "verdict")
     for v in verdicts:
-        table.add_row(("* " if v.backend == verdicts.choice else "") + v.backend, v.kernel,
+        table.add_row(escape(("* " if v.backend == verdicts.choice else "") + v.backend), escape(v.kernel),
                       f"{v.measured_ms:.4f}" if v.measured_ms else "-",
                       f"{v.measured_tflops:.2f}" if v.measured_tflops else "-",
                       f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
                       "accepted" if v.accepted else escape("; ".join(v.reasons)))
-    console.print(f"problem: {json.dumps(desc.to_dict())}")
-    console.print(f"device: {device}")
+    print_plain(f"problem: {json.dumps(desc.to_dict())}")
+    print_plain(f"device: {device}")
     console.print(table)
-    console.print(f"choice: {verdicts.choice} ({escape(verdicts.why)})")
-    console.print(f"chosen SKU: {plan.sku.to_json()}")
+    print_plain(f"choice: {verdicts.choice} ({verdicts.why})")
+    print_plain(f"chosen SKU: {plan.sku.to_json()}")
     return 0
 
 
@@ -171,11 +188,12 @@ def cmd_run(args) -> int:
         errors = {name: relative_l2_error(got, want) for name, got, want in zip(("dq", "dk", "dv"), result, expected)}
     else:
         errors = {"out": relative_l2_error(result.out, expected.out), "lse": relative_l2_error(result.lse, expected.lse)}
-    times = time_ms(lambda: plan.run(check_values=False, **inputs), device, repeats=args.repeats, warmup=2)
+    repeats = positive("--repeats", args.repeats, None)
+    times = time_ms(lambda: plan.run(check_values=False, **inputs), device, repeats=repeats, warmup=2)
     ms = median(times)
     tflops = desc.flops() / (ms * 1e-3) / 1e12
-    console.print(f"device: {device}")
-    console.print(f"SKU: {plan.sku.to_json()}")
+    print_plain(f"device: {device}")
+    print_plain(f"SKU: {plan.sku.to_json()}")
     console.print("relative L2 error vs the float64 reference: "
                   + ", ".join(f"{k}={v:.3e}" for k, v in errors.items()))
     console.print(f"time: {ms:.3f} ms median of {len(times)} ({tflops:.2f} TFLOP/s)")
@@ -193,11 +211,11 @@ def cmd_cache(args) -> int:
     if args.action == "list":
         table = Table("kernel", "arch", "bytes", "file")
         for entry in kernel_cache.entries():
-            table.add_row(entry.name, entry.arch, str(entry.size), entry.path.name)
-        console.print(f"cache: {kernel_cache.cache_dir()}")
+            table.add_row(escape(entry.name), escape(entry.arch), str(entry.size), escape(entry.path.name))
+        print_plain(f"cache: {kernel_cache.cache_dir()}")
         console.print(table)
     elif args.action == "clear":
-        console.print(f"removed {kernel_cache.clear()} entries from {kernel_cache.cache_dir()}")
+        print_plain(f"removed {kernel_cache.clear()} entries from {kernel_cache.cache_dir()}")
     else:
         from .backends.nvrtc.warmup import warmup
         return warmup(args.arch, args.dtypes, args.head_dims, console)

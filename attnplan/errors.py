@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 
+def _rebuild(cls, args: tuple, state: dict) -> "AttnPlanError":
+    """An error as pickled: made without calling `cls.__init__` (whose parameters are not the message)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class AttnPlanError(Exception):
     """Base class of every attnplan error."""
+
+    def __reduce__(self):
+        # Subclasses take (field, value, ...) but pass only the message up, so the default reduce
+        # (cls(*args)) cannot rebuild them: a failed process-pool worker would read as a crashed one.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class InvalidDescriptor(AttnPlanError, ValueError):
@@ -15,12 +28,16 @@ class InvalidDescriptor(AttnPlanError, ValueError):
         super().__init__(f"{owner}.{field}={value!r} is invalid: {allowed}")
 
 
-class InvalidPolicy(AttnPlanError, ValueError):
-    """A planner policy (the `policy=` argument or $ATTNPLAN_POLICY) that does not exist."""
+class InvalidOption(AttnPlanError, ValueError):
+    """A command-line flag, an environment variable or an option argument holds a value that is not allowed."""
 
-    def __init__(self, source: str, value, allowed: str):
-        self.field, self.value, self.allowed = source, value, allowed
-        super().__init__(f"{source}={value!r} is invalid: {allowed}")
+    def __init__(self, option: str, value, allowed: str):
+        self.field, self.value, self.allowed = option, value, allowed
+        super().__init__(f"{option}={value!r} is invalid: {allowed}")
+
+
+class InvalidPolicy(InvalidOption):
+    """A planner policy (the `policy=` argument or $ATTNPLAN_POLICY) that does not exist."""
 
 
 class InvalidArguments(AttnPlanError, ValueError):
@@ -29,6 +46,14 @@ class InvalidArguments(AttnPlanError, ValueError):
     def __init__(self, argument: str, problem: str):
         self.argument, self.problem = argument, problem
         super().__init__(f"argument {argument!r}: {problem}")
+
+
+class InvalidFile(AttnPlanError, ValueError):
+    """A file given to attnplan (a bench results file, ...) cannot be read as what it should be."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
 
 
 class NoPlanError(AttnPlanError, RuntimeError):
@@ -49,3 +74,8 @@ class KernelCompileError(AttnPlanError, RuntimeError):
     def __init__(self, kernel_name: str, log: str):
         self.kernel_name, self.log = kernel_name, log
         super().__init__(f"NVRTC failed to compile {kernel_name}:\n{log}")
+
+
+class CacheWarning(UserWarning):
+    """An on-disk cache (compiled kernels, autotune results) cannot be used as configured; attnplan
+    goes on without storing (the warning names the folder or lock file, and the fix)."""

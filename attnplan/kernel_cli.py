@@ -62,14 +62,14 @@ def cmd_kernel_inspect(args) -> int:
         modules = [(name, _launch_order(inspect_cubin(cubin), entries))
                    for name, cubin, entries in backend.cubins(desc, device)]
     except NvrtcUnavailable as exc:
-        cli.console.print(f"[red]error[/red]: {escape(str(exc))} (pip install attnplan[nvrtc])")
+        cli.console.print(f"[red]error[/red]: {escape(f'{exc} (pip install attnplan[nvrtc])')}")
         return 2
     if args.json:
         print(json.dumps({"kernels": [k.as_dict() for _, kernels in modules for k in kernels]}))
         return 0
-    cli.console.print(f"backend: {backend.name}   device: {device}")
+    cli.print_plain(f"backend: {backend.name}   device: {device}")
     for name, kernels in modules:
-        table = Table(title=name, caption="shared, stack, spill: bytes (spill: local loads + stores)",
+        table = Table(title=escape(name), caption="shared, stack, spill: bytes (spill: local loads + stores)",
                       show_lines=True)
         table.add_column("kernel", no_wrap=True)
         for column in ("regs", "shared", "stack", "spill", "instrs"):
@@ -77,7 +77,7 @@ def cmd_kernel_inspect(args) -> int:
         table.add_column("top opcodes", no_wrap=True, overflow="ellipsis")
         for k in kernels:
             top = "\n".join(f"{n:>5} {op}" for op, n in list(k.opcodes.items())[:args.top])
-            table.add_row(k.name, str(k.registers), str(k.shared_bytes), str(k.stack_bytes),
+            table.add_row(escape(k.name), str(k.registers), str(k.shared_bytes), str(k.stack_bytes),
                           f"[red]{k.spill_bytes}[/red]" if k.spill_bytes else "0", str(sum(k.opcodes.values())),
                           escape(top))
         cli.console.print(table)

@@ -200,7 +200,6 @@ def test_version_flag(capsys):
     (["explain", "--layout", "sbhd"], "AttentionDescriptor.layout='sbhd'"),
     (["explain", "--dropout", "1.5"], "AttentionDescriptor.dropout_p=1.5"),
     (["explain", "--sink-tokens", "2"], "left bound"),
-    (["explain", "--paged", "-1"], "page_size=-1"),
     (["explain", "--head-dim", "300"], "AttentionDescriptor.head_dim=300"),
     (["explain", "--dtype", "e4m3", "--backward"], "AttentionDescriptor.direction='backward'"),
 ])

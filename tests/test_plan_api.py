@@ -146,7 +146,7 @@ def test_prefer_orders_and_restrict_limits():
     assert Plan.select(DESC, "cpu", prefer=["nvrtc"]).sku.backend == "reference"      # falls through
     with pytest.raises(NoPlanError) as info:
         Plan.select(DESC, "cpu", prefer=["nvrtc"], restrict=True)
-    assert [v.backend for v in info.value.verdicts] == [NVRTC]
+    assert [v.backend for v in info.value.verdicts] == [b.name for b in registry.resolve("nvrtc")]
     assert "nvrtc" in str(info.value) and "reference" not in str(info.value)
 
 
@@ -195,7 +195,8 @@ def test_from_sku_ignores_versions_and_notes():
     (dict(config={"compute": "f64", "emulate_dtype": False, "tiles": 3}), "tiles"),
     (dict(config={}), "pinned SKU"),
     (dict(backend="no_such_backend"), "no_such_backend"),
-    (dict(backend="nvrtc"), "rejects this problem"),
+    (dict(backend=NVRTC), "rejects this problem"),
+    (dict(backend="nvrtc"), "is a family"),
 ])
 def test_from_sku_mismatch_says_why(change, needle):
     sku = KernelSku.from_dict({**Plan.select(DESC, "cpu").sku.to_dict(), **change})

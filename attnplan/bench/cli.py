@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+
+from attnplan.errors import InvalidOption
 
 GPU_SEQLENS = "512,1024,2048,4096,8192,16384"
 CPU_SEQLENS = "32,64"          # the reference on a CPU: small problems, so the command never just fails
@@ -59,30 +62,62 @@ def add_bench_parser(sub) -> None:
     t.set_defaults(func=cmd_table)
 
 
+def _check_names(flag: str, names, known: list[str], is_known) -> None:
+    """InvalidOption naming the first of `names` that is not known, with the list of known ones."""
+    for name in names or ():
+        if not is_known(name):
+            raise InvalidOption(flag, name, f"one of {', '.join(known)}")
+
+
+def check_sweep_flags(args) -> None:
+    """Refuse what the sweep would only trip over later (or silently skip): unknown backends,
+    peers or directions, and an output file that cannot be written."""
+    from attnplan import registry
+    from attnplan.cli import positive
+    from . import peers
+    from . import results as results_io
+
+    names = [b.name for b in registry.backends()]
+    families = sorted({registry.family(n) for n in names} - set(names))
+    _check_names("--backends", args.backends, names + [f"{f} (a family)" for f in families],
+                 lambda n: n in names or n in families)
+    _check_names("--peers", args.peers, [*peers.KNOWN, "none"], lambda n: n in peers.KNOWN or n == "none")
+    _check_names("--directions", args.directions, ["forward", "backward"], lambda n: n in ("forward", "backward"))
+    for flag, values in (("--head-dims", args.head_dims), ("--seqlens", args.seqlens)):
+        for value in values or ():
+            positive(flag, value, None)
+    positive("--hidden", args.hidden, None)
+    if not args.no_save:
+        target = Path(args.output) if args.output else Path(results_io.DEFAULT_FOLDER)
+        try:
+            results_io.check_writable(target, folder=not args.output)
+        except OSError as exc:
+            raise InvalidOption("--output", str(target),
+                                f"a file that can be written ({exc})") from None
+
+
 def cmd_bench(args) -> int:
+    from attnplan.cli import positive
     from attnplan.device import default_device
     from . import results as results_io
     from .problems import sweep
     from .runner import run_sweep
 
     console = _console()
+    check_sweep_flags(args)
     on_gpu = default_device().kind == "cuda"
     seqlens = args.seqlens or _ints(GPU_SEQLENS if on_gpu else CPU_SEQLENS)
-    tokens = args.tokens or (16384 if on_gpu else CPU_TOKENS)
+    tokens = positive("--tokens", args.tokens, 16384 if on_gpu else CPU_TOKENS)
     hidden = args.hidden if on_gpu or args.tokens else min(args.hidden, 128)
     causals = {"both": [False, True], "yes": [True], "no": [False]}[args.causal]
-    for direction in args.directions:
-        if direction not in ("forward", "backward"):
-            console.print(f"[red]--directions: {direction!r} is not forward or backward[/red]")
-            return 2
     try:
         problems = sweep(args.dtypes, args.head_dims, seqlens, causals, args.directions, args.features, tokens, hidden)
         problems[0].descriptor() if problems else None
     except Exception as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     peer_names = [] if args.peers == ["none"] else args.peers
-    repeats = args.repeats or (30 if on_gpu else 3)
+    repeats = positive("--repeats", args.repeats, 30 if on_gpu else 3)
     path = None
     clock = {"last": time.perf_counter()}
 
@@ -90,12 +125,13 @@ def cmd_bench(args) -> int:
         nonlocal path
         progress.advance(task)
         now = time.perf_counter()
-        progress.console.print(f"[dim]{problem.label}: {now - clock['last']:.1f} s (inputs, reference, all backends)[/dim]")
+        progress.console.print(f"[dim]{escape(problem.label)}: {now - clock['last']:.1f} s "
+                               "(inputs, reference, all backends)[/dim]")
         clock["last"] = now
         for row in partial["rows"]:
             if row["problem"]["seqlen_q"] == problem.seqlen_q and _label(row["problem"]) == problem.label:
-                progress.console.print(f"{problem.label:42s} {row['backend']:16s} "
-                                       f"{row['tflops'] or 0:8.1f} TFLOP/s  correct={row['correct']}")
+                progress.console.print(escape(f"{problem.label:42s} {row['backend']:16s} "
+                                              f"{row['tflops'] or 0:8.1f} TFLOP/s  correct={row['correct']}"))
         if not args.no_save:
             path = results_io.write(partial, path or args.output or results_io.default_path(partial))
 
@@ -109,22 +145,22 @@ def cmd_bench(args) -> int:
     if args.no_save:
         return 0
     path = results_io.write(data, path or args.output or results_io.default_path(data))
-    console.print(f"results: {path}")
+    console.print(f"results: {escape(str(path))}")
     try:
         from .plots import plot
         png = plot(data, args.plot or path.with_suffix(".png"))
-        console.print(f"plot: {png}")
+        console.print(f"plot: {escape(str(png))}")
     except ImportError:
-        console.print("[yellow]matplotlib not installed: no plot (pip install attnplan[bench])[/yellow]")
+        console.print(f"[yellow]{escape('matplotlib not installed: no plot (pip install attnplan[bench])')}[/yellow]")
     except ValueError as exc:
-        console.print(f"[yellow]no plot: {exc}[/yellow]")
+        console.print(f"[yellow]no plot: {escape(str(exc))}[/yellow]")
     return 0 if all(r["correct"] for r in data["rows"] if "error" not in r) else 1
 
 
 def results_table(data: dict, baseline: str | None = None) -> Table:
     names = {r["backend"] for r in data["rows"]}
     baseline = baseline or ("torch.flash" if "torch.flash" in names else None)
-    table = Table(title=f"{data['device']['name']}  (TFLOP/s; ratio to {baseline or '-'})")
+    table = Table(title=escape(f"{data['device']['name']}  (TFLOP/s; ratio to {baseline or '-'})"))
     for column in ("problem", "backend", "ms", "TFLOP/s", "ratio", "correct", "first call ms", "kernel"):
         table.add_column(column, justify="right" if column in ("ms", "TFLOP/s", "ratio", "first call ms") else "left")
     base = {}
@@ -135,10 +171,10 @@ def results_table(data: dict, baseline: str | None = None) -> Table:
         label = _label(r["problem"])
         ratio = r["tflops"] / base[label] if r.get("tflops") and label in base else None
         verdict = "yes" if r["correct"] else ("error" if "error" in r else "[red]WRONG[/red]")
-        table.add_row(label, r["backend"], f"{r['ms']:.3f}" if r.get("ms") else "-",
+        kernel = (r.get("sku") or {}).get("kernel", "") if r.get("sku") else r.get("error", "")[:60]
+        table.add_row(escape(label), escape(r["backend"]), f"{r['ms']:.3f}" if r.get("ms") else "-",
                       f"{r['tflops']:.3g}" if r.get("tflops") else "-", f"{ratio:.2f}" if ratio else "-",
-                      verdict, f"{r.get('first_call_ms', 0):.0f}", (r.get("sku") or {}).get("kernel", "")
-                      if r.get("sku") else r.get("error", "")[:60])
+                      verdict, f"{r.get('first_call_ms', 0):.0f}", escape(kernel))
     return table
 
 
@@ -151,17 +187,19 @@ def _label(p: dict) -> str:
 def cmd_compare(args) -> int:
     from . import results as results_io
     console = _console()
+    if not 0 <= args.threshold < 1:
+        raise InvalidOption("--threshold", args.threshold, "a fraction 0 <= t < 1 (0.05: B may be 5% slower than A)")
     try:
         a, b = results_io.load(args.a), results_io.load(args.b)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     rows = results_io.compare(a, b, args.threshold)
     table = Table(title=f"B / A TFLOP/s (regression: below {1 - args.threshold:.2f})")
     for column in ("problem", "backend", "A", "B", "B/A", ""):
         table.add_column(column)
     for r in rows:
-        table.add_row(_label(r["problem"]), r["backend"], _fmt(r["a_tflops"]), _fmt(r["b_tflops"]),
+        table.add_row(escape(_label(r["problem"])), escape(r["backend"]), _fmt(r["a_tflops"]), _fmt(r["b_tflops"]),
                       f"{r['ratio']:.3f}" if r["ratio"] else "-", "[red]REGRESSION[/red]" if r["regression"] else "")
     console.print(table)
     if not rows:
@@ -178,8 +216,8 @@ def cmd_table(args) -> int:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     candidates = sorted({c.key.candidate for c in table.cells})
-    console.print(f"{path}: {len(table.cells)} cells for {table.arch} ({', '.join(candidates)}) "
-                  f"from {len(table.sources)} results files")
+    console.print(escape(f"{path}: {len(table.cells)} cells for {table.arch} ({', '.join(candidates)}) "
+                         f"from {len(table.sources)} results files"))
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Optional
 
 import attnplan
 from attnplan import registry
-from attnplan.arguments import bind_arguments, lse_shape
+from attnplan.arguments import BACKWARD_ARGUMENTS, FORWARD_ARGUMENTS, bind_arguments, lse_shape
 from attnplan.backends.reference import ReferenceBackend
 from attnplan.device import Device, default_device
 from attnplan.dtypes import lse_dtype
@@ -47,7 +47,7 @@ def _reference(desc, args: dict, out_dtype: str, compute: str = "f32"):
     """(out, lse) storages of the reference forward of `desc` (direction forward)."""
     fwd = desc.replace(direction="forward")
     exe = ReferenceBackend().build(fwd, default_device(), {"compute": compute})
-    bound = bind_arguments(fwd, {k: v for k, v in args.items() if k in _FORWARD_ARGS}, check_values=False)
+    bound = bind_arguments(fwd, _run_inputs(args, FORWARD_ARGUMENTS), check_values=False)
     q = bound.q
     out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), out_dtype, q), out_dtype)
     lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
@@ -55,14 +55,15 @@ def _reference(desc, args: dict, out_dtype: str, compute: str = "f32"):
     return out, lse
 
 
-_FORWARD_ARGS = ("q", "k", "v", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv", "block_table",
-                 "seqlens_kv", "dropout_seed")
+def _run_inputs(args: dict, allowed: tuple) -> dict:
+    """The arguments of an input set that a plan binds (`allowed`: the forward's or the backward's),
+    less the out and lse that the reference is given here (fresh, or the forward's)."""
+    return {k: v for k, v in args.items() if k in allowed and k not in ("out", "lse")}
 
 
 def _reference_grads(desc, args: dict, fixed: dict) -> dict:
     exe = ReferenceBackend().build(desc, default_device(), {"compute": "f32"})
-    bound = bind_arguments(desc, {**{k: v for k, v in args.items() if k in _FORWARD_ARGS + ("dout",)}, **fixed},
-                           check_values=False)
+    bound = bind_arguments(desc, {**_run_inputs(args, BACKWARD_ARGUMENTS), **fixed}, check_values=False)
     grads = {}
     for name, t in (("dq", bound.q), ("dk", bound.k), ("dv", bound.v)):
         grads[name] = wrap_storage(empty(t.shape, "f32", t), "f32")
@@ -90,7 +91,8 @@ def spot_check(desc):
     sub = desc.replace(batch=1, heads_q=heads_q, heads_kv=heads_kv)
     rows_q, rows_kv = (slice(0, 1), slice(None), slice(0, heads_q)), (slice(0, 1), slice(None), slice(0, heads_kv))
     per_argument = {"q": rows_q, "k": rows_kv, "v": rows_kv, "dout": rows_q, "out": rows_q,
-                    "lse": (slice(0, 1), slice(0, heads_q)), "alibi_slopes": (slice(0, heads_q),),
+                    "lse": (slice(0, 1), slice(0, heads_q)), "bias": (slice(0, 1), slice(0, heads_q)),
+                    "alibi_slopes": (slice(0, heads_q),),
                     "sink_logits": (slice(0, heads_q),), "dq": rows_q, "dk": rows_kv, "dv": rows_kv}
 
     def select(values: dict) -> dict:

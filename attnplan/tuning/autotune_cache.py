@@ -26,6 +26,8 @@ from ..sku import KernelSku
 
 _MAGIC = b"ATTNPLAN-TUNING-1\n"
 _SUFFIX = ".json"
+LOCK_TIMEOUT_S = 600.0       # timing every candidate of a large problem (compiles included) takes minutes
+STORE = disk_store.Store("autotune cache", "ATTNPLAN_TUNING_DIR", LOCK_TIMEOUT_S)
 
 
 def tuning_dir() -> Path:
@@ -33,8 +35,7 @@ def tuning_dir() -> Path:
     (`ATTNPLAN_CACHE_DIR=/x/kernels` gives `/x/tuning`) holds both."""
     override = os.environ.get("ATTNPLAN_TUNING_DIR")
     path = Path(override) if override else kernel_cache.cache_dir().parent / "tuning"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return disk_store.folder(path)
 
 
 def _canonical_json(value: Any) -> str:
@@ -202,7 +203,7 @@ def get_or_tune(key: TuningKey, tune: Callable[[], TuningEntry],
             raise ValueError(f"tune() returned an entry for {entry.key}, not for the requested {key}")
         return entry
 
-    return disk_store.get_or_make(_path(key), usable, tune_for_key, _serialize)
+    return disk_store.get_or_make(STORE, _path(key), usable, tune_for_key, _serialize)
 
 
 def entries() -> Iterator[tuple[Path, Optional[TuningEntry]]]:

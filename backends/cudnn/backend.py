@@ -3,8 +3,9 @@ API (`import cudnn`), on CuPy or any DLPack array; no PyTorch needed.
 
 Support is decided when a plan is selected: `reasons` first rejects what cuDNN cannot express
 exactly (see `mapping.semantic_reasons`), then builds the graph for the descriptor (validate,
-operation graph, execution plans, support check, plan build) and turns cuDNN's own exception
-into the verdict.  Built graphs are cached in process (`graphs.GRAPHS`).
+operation graph, execution plans, support check, plan build) and turns cuDNN's not-supported
+error into the verdict (any other exception is raised).  Built graphs are cached in process
+(`graphs.GRAPHS`).
 """
 
 from __future__ import annotations

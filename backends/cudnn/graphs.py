@@ -23,7 +23,7 @@ MAX_CACHED_GRAPHS = 256
 
 
 class GraphUnsupported(Exception):
-    """cuDNN (or the frontend) rejected the graph; the message is cuDNN's own."""
+    """cuDNN (or the frontend) rejected the graph with its not-supported error; the message is cuDNN's own."""
 
 
 class DirectExecute:
@@ -280,18 +280,25 @@ def _plan_of(graph) -> tuple[str, str]:
 
 def build(desc: AttentionDescriptor, device_index: int, geometry: Geometry,
           plan_name: Optional[str] = None) -> BuiltGraph:
-    """Declare, validate, plan and build the graph; GraphUnsupported carries cuDNN's reason."""
+    """Declare, validate, plan and build the graph; GraphUnsupported carries cuDNN's reason when it
+    does not support the graph.  Every other exception (a bug in our declarations, a bad parameter,
+    a CUDA error) is raised as it is: it is not a verdict on the problem."""
     import cupy
 
     cudnn = library.module()
+    not_supported = library.not_supported_error()
     with cupy.cuda.Device(device_index):
         handle = library.handle(device_index)
+        # Our declarations: any exception here is our bug, raised as it is.
+        graph = cudnn.pygraph(io_data_type=io_data_type(cudnn, desc.dtype),
+                              intermediate_data_type=cudnn.data_type.FLOAT,
+                              compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+        builder = _Builder(cudnn, graph, desc, geometry)
+        (_declare_backward if desc.direction == "backward" else _declare_forward)(builder)
+        # cuDNN's judgement: its not-supported error, and the RuntimeError its C++ side raises for a graph
+        # no engine takes (seen on the H200: "s_q = s_kv = 1 is not supported", "no engine ... proposed a
+        # plan"), are verdicts; anything else (ValueError, TypeError, KeyError ...) is raised.
         try:
-            graph = cudnn.pygraph(io_data_type=io_data_type(cudnn, desc.dtype),
-                                  intermediate_data_type=cudnn.data_type.FLOAT,
-                                  compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-            builder = _Builder(cudnn, graph, desc, geometry)
-            (_declare_backward if desc.direction == "backward" else _declare_forward)(builder)
             graph.validate()
             graph.build_operation_graph()
             graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
@@ -303,7 +310,7 @@ def build(desc: AttentionDescriptor, device_index: int, geometry: Geometry,
             graph.check_support()
             graph.build_plans()
             workspace = int(graph.get_workspace_size())
-        except Exception as exc:  # cuDNN's own verdict: not supported, bad params, ...
+        except (not_supported, RuntimeError) as exc:
             raise GraphUnsupported(_first_line(exc)) from None
     name, served = _plan_of(graph)
     uids = {role: int(t.get_uid()) for role, t in builder.tensors.items()}

@@ -16,6 +16,8 @@ _loaded = False
 _module = None
 _problem: Optional[str] = None
 _local = threading.local()
+# The exception cuDNN (frontend or backend) raises for a graph it does not support: its verdict.
+NOT_SUPPORTED_ERROR = "cudnnGraphNotSupportedError"
 
 
 def version_text(version: int) -> str:
@@ -48,7 +50,7 @@ def _load() -> None:
         if version < MIN_BACKEND_VERSION:
             _problem = f"cuDNN {version_text(version)} is too old: this backend needs cuDNN >= {MIN_BACKEND_TEXT}"
             return
-        if not hasattr(cudnn, "pygraph") or not hasattr(cudnn, "diagonal_alignment"):
+        if not all(hasattr(cudnn, name) for name in ("pygraph", "diagonal_alignment", NOT_SUPPORTED_ERROR)):
             _problem = (f"the cuDNN frontend {getattr(cudnn, '__version__', '?')} is too old: it has no "
                         "diagonal-band SDPA graph API (needs nvidia-cudnn-frontend >= 1.10)")
             return
@@ -67,6 +69,12 @@ def module():
     if _module is None:
         raise RuntimeError(_problem or "cuDNN is not available")
     return _module
+
+
+def not_supported_error() -> type:
+    """cuDNN's not-supported exception, the only one that is a verdict on a graph; anything else
+    raised while declaring or building one (ours or cuDNN's) is a bug, and is raised."""
+    return getattr(module(), NOT_SUPPORTED_ERROR)
 
 
 def versions() -> dict:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import sm80
+from . import sm80, sm90a
 from .generation import Generation
 
-GENERATIONS: tuple[Generation, ...] = (sm80.GENERATION,)
+GENERATIONS: tuple[Generation, ...] = (sm80.GENERATION, sm90a.GENERATION)
 
 
 def named(name: str) -> Generation:

@@ -6,6 +6,7 @@ import itertools
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from rich.markup import escape
 from rich.progress import Progress
 
 from attnplan.descriptor import AttentionDescriptor
@@ -46,7 +47,7 @@ def compile_all(keys: list[DispatchKey], console=None, workers: int | None = Non
                 future.result()
             except Exception as exc:  # report every failure, keep compiling the rest
                 failures += 1
-                progress.console.print(f"[red]failed[/red] {futures[future].name}: {exc}")
+                progress.console.print(f"[red]failed[/red] {escape(f'{futures[future].name}: {exc}')}")
             progress.advance(task)
     return failures
 

@@ -1,0 +1,167 @@
+"""The sm90a forward at run time: the parameter block with its four TMA maps, and the launch.
+
+Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / 128), heads_q, batch), 384
+threads, one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map).
+
+The maps are tiled CUtensorMaps (tma.py) over the caller's bshd arrays, dims (head_dim, rows,
+heads, batch): q in boxes of (64 columns, 128 rows), k and v (64, block_n), out (64, 64) (each
+consumer warpgroup stores its own 64 rows).  A map holds its tensor's address, so it is encoded per
+pointer; what depends on the arrays' layout only (the map parameters, the strides of the block) is
+worked out once per argument signature, and the filled block is kept per (signature, pointers): a
+repeated call with the same tensors does no host work beyond the launch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+
+from attnplan.descriptor import AttentionDescriptor
+from attnplan.device import Device
+from attnplan.errors import InvalidArguments
+from attnplan.layout_cache import LayoutCache
+from attnplan.streams import stream_handle
+
+from .. import launcher, params
+from ..dispatch import DispatchKey
+from ..launch_params import check_vector_pointers, layout_values, pointer_values
+from . import tiles, tma
+
+FORWARD_KERNEL = "attn_fwd_kernel"
+MAP_FIELDS = ("q_map", "k_map", "v_map", "o_map")
+TENSOR_MAP = params.Opaque(size=tma.TENSOR_MAP_BYTES, align=64)
+FORWARD_PARAMS = params.STANDARD["forward"].extended([(name, TENSOR_MAP) for name in MAP_FIELDS])
+FORWARD_PER_CALL = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv",
+                    "block_table", "seqlens_kv", "dropout_seed") + MAP_FIELDS
+FILLED_BLOCKS = 64           # filled parameter blocks kept per runner (distinct pointer sets)
+
+
+def forward_entry_points(key: DispatchKey) -> tuple:
+    return (FORWARD_KERNEL,)
+
+
+class BindingsDriver:
+    """cuda.bindings.driver as tma.encode calls it, with the array arguments of
+    cuTensorMapEncodeTiled made cuuint64_t / cuuint32_t values (cuda-bindings 13 refuses plain ints:
+    "Cannot convert int to cuda.bindings.driver.cuuint32_t"), and cuInit called once."""
+
+    def __init__(self):
+        try:
+            from cuda.bindings import driver
+        except ImportError:       # cuda-python 12 before the cuda.bindings layout
+            from cuda import cuda as driver
+        self._driver = driver
+        (result,) = driver.cuInit(0)
+        if result != driver.CUresult.CUDA_SUCCESS:
+            raise tma.TensorMapEncodeFailed(f"cuInit failed ({result})")
+
+    def __getattr__(self, name):
+        return getattr(self._driver, name)
+
+    def cuTensorMapEncodeTiled(self, data_type, rank, address, dims, strides, box, element_strides, *modes):
+        d = self._driver
+        u64, u32 = d.cuuint64_t, d.cuuint32_t
+        return d.cuTensorMapEncodeTiled(data_type, u32(rank), address, [u64(x) for x in dims],
+                                        [u64(x) for x in strides], [u32(x) for x in box],
+                                        [u32(x) for x in element_strides], *modes)
+
+
+@functools.lru_cache(maxsize=None)
+def bindings_driver() -> BindingsDriver:
+    return BindingsDriver()
+
+
+def map_params(desc: AttentionDescriptor, key: DispatchKey, bound, out) -> dict:
+    """name -> TensorMapParams of the four maps for these arrays' shapes and strides; InvalidArguments
+    naming the array whose layout TMA cannot address (strides not 16-byte multiples, a head dim that
+    is not contiguous)."""
+    t = key.tiles
+    rows = {"q": t.block_m, "k": t.block_n, "v": t.block_n, "out": tiles.CONSUMER_ROWS}
+    maps = {}
+    for name, tensor in (("q", bound.q), ("k", bound.k), ("v", bound.v), ("out", out)):
+        try:
+            maps[name] = tma.attention_map(desc.layout, tensor.shape, desc.dtype if name != "out" else desc.out_dtype,
+                                           rows[name], tensor.strides).params
+        except tma.TensorMapError as exc:
+            raise InvalidArguments(name, f"its strides {list(tensor.strides)} (elements) cannot be a TMA map: "
+                                         f"{exc.rule}") from None
+    return {f"{'o' if name == 'out' else name}_map": p for name, p in maps.items()}
+
+
+@attrs.frozen(eq=False)
+class Template:
+    """What a signature fixes: the map parameters and the block with every layout field filled."""
+
+    maps: dict                   # field -> TensorMapParams
+    block: params.ParamBlock
+
+
+class ForwardRunner:
+    """Launches the sm90a forward for bound arguments (the module loads on first use)."""
+
+    notes = ("forward: one CTA per (query tile, head, batch); a TMA producer warpgroup and two wgmma consumer "
+             "warpgroups of 64 rows; no atomics")
+
+    def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: dict, device: Device,
+                 struct: params.StructLayout):
+        self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
+        self.shared = shared["shared_memory_bytes"]
+        self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m)
+        self.threads = key.tiles.num_warps * 32
+        self.driver = None                   # None: cuda.bindings (tests put a fake here)
+        self._kernel = None
+        self._checked = LayoutCache()
+        self._templates = LayoutCache()
+        self._encoded: dict = {}             # (TensorMapParams, address) -> 128 bytes
+        self._filled: dict = {}              # (signature, pointers) -> filled block
+
+    def kernel(self):
+        if self._kernel is None:
+            self._kernel = launcher.load(self.cubin, FORWARD_KERNEL, self.shared, self.threads, self.device.index)
+        return self._kernel
+
+    def check_arguments(self, bound) -> None:
+        """Base addresses 16-byte aligned (every call); q, k, v (and a given out) expressible as TMA
+        maps (once per signature)."""
+        check_vector_pointers({"q": bound.q, "k": bound.k, "v": bound.v, "out": bound.out})
+        if bound.out is not None:
+            self._checked.get(bound.signature, map_params, self.desc, self.key, bound, bound.out)
+
+    def _template(self, bound, out, lse) -> Template:
+        maps = map_params(self.desc, self.key, bound, out)
+        return Template(maps, params.ParamBlock(self.struct, layout_values(self.desc, bound, out, lse), FORWARD_PER_CALL))
+
+    def _encode(self, map_params_, address: int) -> bytes:
+        cache_key = (map_params_, address)
+        blob = self._encoded.get(cache_key)
+        if blob is None:
+            driver = self.driver if self.driver is not None else bindings_driver()
+            blob = tma.encode(map_params_, address, driver)
+            if len(self._encoded) >= FILLED_BLOCKS * len(MAP_FIELDS):
+                self._encoded.clear()
+            self._encoded[cache_key] = blob
+        return blob
+
+    def block(self, bound, out, lse):
+        """The filled parameter block for these arguments (kept per signature and pointers)."""
+        pointers = pointer_values(bound, out, lse)
+        cache_key = (bound.signature, tuple(pointers.values())) if bound.signature is not None else None
+        filled = self._filled.get(cache_key) if cache_key is not None else None
+        if filled is None:
+            check_vector_pointers({"out": out})
+            template = self._templates.get(bound.signature, self._template, bound, out, lse)
+            addresses = {"q_map": bound.q.ptr, "k_map": bound.k.ptr, "v_map": bound.v.ptr, "o_map": out.ptr}
+            maps = {name: self._encode(p, addresses[name]) for name, p in template.maps.items()}
+            filled = template.block.fill({**pointers, **maps})
+            if cache_key is not None:
+                if len(self._filled) >= FILLED_BLOCKS:
+                    self._filled.clear()
+                self._filled[cache_key] = filled
+        return filled
+
+    def __call__(self, bound, out, lse) -> None:
+        kernel = self.kernel()                 # first: the context current for the map encoding
+        filled = self.block(bound, out, lse)
+        handle = stream_handle(bound.stream, bound.q.origin)
+        launcher.launch(kernel, self.grid, filled, handle)

@@ -1,0 +1,65 @@
+// Configuration of the sm_90a forward kernel (kernels/sm90a/fwd.cu), from the dispatch key's
+// defines: tile shape, warp roles, register budgets and the shared-memory layout.
+#pragma once
+
+#include "common/types.cuh"
+#include "common/features.cuh"
+#include "sm90a/fwd_layout.cuh"
+
+#ifndef KV_STAGES
+#define KV_STAGES 2
+#endif
+
+#if IS_VARLEN || IS_PAGED || HAS_DROPOUT
+#error "the sm90a forward has no varlen, paged KV or dropout (backends/nvrtc/sm90a declines them)"
+#endif
+
+namespace attn {
+namespace sm90a {
+
+constexpr int kBlockM = BLOCK_M;
+constexpr int kBlockN = BLOCK_N;
+constexpr int kHeadDim = HEAD_DIM;
+constexpr int kStages = KV_STAGES;  // K and V buffers each: the ring's depth
+
+// Warp roles: warpgroup 0 is the producer (one thread issues every TMA load; the rest idle), warpgroups
+// 1 .. kConsumers each compute 64 query rows of the tile.
+constexpr int kConsumers = kBlockM / kConsumerRows;
+constexpr int kWarpgroups = 1 + kConsumers;
+constexpr int kThreads = kWarpgroups * kWarpgroupThreads;
+constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
+
+// Register budgets after setmaxnreg (64K registers per SM, one CTA per SM): the producer keeps what a
+// loop of TMA issues needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S
+// kBlockN / 2, P kBlockN / 4).  128 * 40 + 256 * 232 = 64512 <= 65536.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+constexpr int kRegisterFile = 65536;
+
+// Named barriers (0 is __syncthreads'): consumer w's staging barrier is 1 + w.
+constexpr unsigned kFirstConsumerBarrier = 1;
+
+static_assert(HEAD_DIM_V == HEAD_DIM, "the sm90a forward needs head_dim_v == head_dim");
+static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "HEAD_DIM: 64, 128 or 256");
+static_assert(kBlockN == 64 || kBlockN == 128, "BLOCK_N: 64 or 128");
+static_assert(kConsumers == 2, "BLOCK_M: two consumer warpgroups of 64 rows (the register budgets assume them)");
+static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup and the consumers'");
+static_assert(kStages >= 1 && kStages <= 4, "KV_STAGES: 1 to 4");
+static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <= kRegisterFile,
+              "the setmaxnreg budgets exceed the register file");
+
+using Layout = FwdLayout<kBlockM, kBlockN, kHeadDim, kStages>;
+constexpr int kSmemBytes = static_cast<int>(Layout::kBytes);
+// Cross-check of the Python formula (backends/nvrtc/sm90a/tiles.py: shared_memory_bytes), on every compile.
+#ifndef ATTN_EXPECTED_SMEM_BYTES
+#error "ATTN_EXPECTED_SMEM_BYTES: the launcher's shared-memory size must be passed (backends/nvrtc/generation.py)"
+#endif
+static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm90a tiles.shared_memory_bytes disagrees with the kernel");
+
+constexpr int kSTiles = kBlockN / 8;   // n8 column blocks of S (the [1][kSTiles][4] fragment)
+constexpr int kOTiles = kHeadDim / 8;  // of O
+constexpr int kPSteps = kBlockN / kWgmmaK;     // k-steps of O += P V
+constexpr int kQKSteps = kHeadDim / kWgmmaK;   // k-steps of S = Q K^T
+
+}  // namespace sm90a
+}  // namespace attn

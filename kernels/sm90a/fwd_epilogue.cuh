@@ -1,0 +1,51 @@
+// The sm_90a forward epilogue, per consumer warpgroup: O times the softmax's per-row factors,
+// staged in the warpgroup's own rows of the Q tile (fwd_layout.cuh: staging), then TMA stores of
+// (64 columns x 64 rows) boxes, which clip the rows past seqlen_q; the LSE by the shared epilogue's
+// store_lse.
+#pragma once
+
+#include "common/epilogue.cuh"
+#include "sm90a/fwd_mainloop.cuh"
+
+namespace attn {
+namespace sm90a {
+
+// Consumer `consumer`'s 64 x kHeadDim output, rows row_first.. of head h of sequence b.  Called once
+// the consumer's last S = Q K^T has completed (its Q rows are free) and after the Q load completed.
+__device__ __forceinline__ void store_output(const FwdParams& p, const SharedTiles& smem, const TileWork& w,
+                                             int consumer, int thread, int row_first, int seqlen_q,
+                                             const float (&o)[kHeadDim / 2], const float (&out_scale)[2]) {
+#pragma unroll
+  for (int nt = 0; nt < kOTiles; ++nt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int reg = accumulator_register(nt, 2 * half);
+      const RowCol at = accumulator_coord(thread, reg);
+      const float f = out_scale[half];
+      *reinterpret_cast<unsigned*>(smem.bytes(Layout::staging(consumer, at.row, at.col))) =
+          pack2_out(o[reg] * f, o[reg + 1] * f);
+    }
+  fence_proxy_async_shared_cta();  // the staged bytes, visible to the TMA store (async proxy) ...
+  named_barrier_sync(kFirstConsumerBarrier + consumer, kWarpgroupThreads);  // ... from every thread
+  if (thread == 0 && row_first < seqlen_q) {
+    const TmaDescriptor* o_map = tensor_map(p.o_map);
+#pragma unroll
+    for (int panel = 0; panel < Layout::kPanels; ++panel)
+      tma_store_4d(o_map, smem.bytes(Layout::store_source(consumer, panel)), Layout::panel_column(panel), row_first,
+                   w.h, w.b);
+    bulk_commit_group();
+    bulk_wait_group_read<0>();  // the CTA's shared memory must outlive the store's reads
+  }
+}
+
+// This thread's two rows' LSE (one thread of each quad writes; rows past seqlen_q are skipped).
+__device__ __forceinline__ void store_row_lse(const FwdParams& p, const TileWork& w, const WgmmaRowsC& rows_at,
+                                              int thread, int seqlen_q, const float (&lse)[2]) {
+  if (p.lse == nullptr || thread % 4 != 0) return;
+  float* lse_seq = static_cast<float*>(p.lse) + w.b * p.lse_batch_stride + w.h * p.lse_head_stride;
+  const int rows[2] = {softmax_row_query(rows_at, 0), softmax_row_query(rows_at, 1)};
+  store_lse(lse_seq, p.lse_row_stride, rows, lse, seqlen_q);
+}
+
+}  // namespace sm90a
+}  // namespace attn

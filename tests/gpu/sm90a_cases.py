@@ -1,0 +1,76 @@
+"""The sm90a forward's GPU ladder as data, simplest first, so that the first failing case says the
+most (tests/gpu/test_sm90a_gpu.py runs them, tests/gpu/sm90a_ladder.sh stops at the first
+failure).  Each case is (name, descriptor, input variant): "dense" arrays from random_inputs, or
+"strided" q / k / v that are views of wider arrays (every other head), addressed by their strides."""
+
+from __future__ import annotations
+
+import itertools
+
+from attnplan import AttentionDescriptor
+
+HEAD_DIMS = (64, 128, 256)
+
+
+def _desc(**fields) -> AttentionDescriptor:
+    base = dict(batch=2, seqlen_q=113, seqlen_kv=113, heads_q=4, heads_kv=4, head_dim=128, dtype="bf16",
+                return_lse=True)
+    base.update(fields)
+    return AttentionDescriptor(**base)
+
+
+# Mask and score features on one base problem (q shorter than kv, neither a multiple of a tile).
+FEATURE_BASE = dict(seqlen_q=300, seqlen_kv=517)
+FEATURES = {
+    "top_left": dict(causal=True, causal_alignment="top_left"),
+    "top_left_q_longer": dict(causal=True, causal_alignment="top_left", seqlen_q=517, seqlen_kv=300),
+    "bottom_right_q_longer": dict(causal=True, seqlen_q=517, seqlen_kv=300),
+    "window_causal": dict(causal=True, window=(64, 0)),
+    "window_two_sided": dict(window=(32, 48)),
+    "window_sinks": dict(causal=True, window=(40, 0), sink_tokens=5),
+    "window_sinks_two_sided": dict(window=(40, 20), sink_tokens=70),
+    "softcap": dict(softcap=30.0 / 8.0),
+    "alibi": dict(causal=True, alibi=True),
+    "alibi_two_sided": dict(alibi=True),
+    "sink_logits": dict(causal=True, window=(16, 0), sink_logits=True),
+    "gqa4": dict(heads_q=8, heads_kv=2, causal=True),
+    "mqa8": dict(heads_q=8, heads_kv=1),
+    "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0, sink_logits=True,
+                       heads_q=8, heads_kv=2),
+}
+
+
+def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
+    cases = [("bf16-d128", _desc(), "dense")]
+    for dtype, head_dim, causal in itertools.product(("bf16", "f16"), HEAD_DIMS, (False, True)):
+        cases.append((f"{dtype}-d{head_dim}-causal{int(causal)}", _desc(dtype=dtype, head_dim=head_dim, causal=causal),
+                      "dense"))
+    for sq, skv in ((1, 1), (17, 17), (1023, 1023), (4096, 4096), (1, 1023), (113, 1023), (1023, 113), (17, 300)):
+        for causal in (False, True):
+            batch, heads = (1, 2) if max(sq, skv) >= 4096 else (2, 4)
+            cases.append((f"len{sq}x{skv}-causal{int(causal)}",
+                          _desc(seqlen_q=sq, seqlen_kv=skv, causal=causal, batch=batch, heads_q=heads, heads_kv=heads),
+                          "dense"))
+    for name, extra in FEATURES.items():
+        for head_dim in (64, 128):
+            cases.append((f"{name}-d{head_dim}", _desc(**{**FEATURE_BASE, "head_dim": head_dim, **extra}), "dense"))
+    for head_dim in HEAD_DIMS:
+        cases.append((f"everything-d{head_dim}-f16", _desc(**{**FEATURE_BASE, "head_dim": head_dim, "dtype": "f16",
+                                                              **FEATURES["everything"]}), "dense"))
+    cases += [
+        ("len4096-d256-causal", _desc(seqlen_q=4096, seqlen_kv=4096, batch=1, heads_q=2, heads_kv=2, head_dim=256,
+                                      causal=True), "dense"),
+        ("len4096-d64-gqa8-window", _desc(seqlen_q=4096, seqlen_kv=4096, batch=1, heads_q=8, heads_kv=1, head_dim=64,
+                                          causal=True, window=(700, 0)), "dense"),
+        ("strided-d128-gqa4", _desc(**{**FEATURE_BASE, "heads_q": 8, "heads_kv": 2, "causal": True}), "strided"),
+        ("strided-d64", _desc(**{**FEATURE_BASE, "head_dim": 64}), "strided"),
+    ]
+    return cases
+
+
+def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
+    """Small problems for compute-sanitizer memcheck: partial tiles at both ends, GQA, every feature."""
+    return [("memcheck-d128-gqa4-causal", _desc(seqlen_q=130, seqlen_kv=200, heads_q=4, heads_kv=1, causal=True)),
+            ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,
+                                               **{k: v for k, v in FEATURES["everything"].items()
+                                                  if k not in ("heads_q", "heads_kv")}))]

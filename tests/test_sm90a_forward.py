@@ -1,0 +1,604 @@
+"""The sm90a forward generation without a GPU: kernels/sm90a/fwd.cu and its Python side.
+
+- The index math (fwd_layout.cuh, fragment.cuh), printed by tests/sm90a_host/dump_fwd.cpp (g++):
+  the wgmma accumulator's fragment coordinates are the mma.m16n8 C layout the shared mask and
+  softmax assume; every wgmma operand element is read from the byte its TMA box wrote; the output is
+  staged where its TMA store box reads, inside the consumer's own Q rows; the shared-memory regions
+  are disjoint, aligned and sized as tiles.py says; the mbarrier ring, simulated, never deadlocks,
+  overwrites a buffer in use or hands a consumer the wrong tile.
+- A compile matrix (f16 / bf16 x d 64 / 128 / 256 x causal x each mask feature): every kernel
+  compiles with NVRTC for sm_90a, cleanly, in under 20 s, and its SASS has the promised HGMMA shapes
+  and TMA loads / stores, register reallocation, no local memory, registers within the setmaxnreg
+  budgets, shared memory within 227 KB.
+- The host plumbing: the parameter block with its four maps, the grid, map encoding through a fake
+  driver (what it is asked, what lands in the block, what is cached), stride checks.
+- The planner: unverified, the generation is rejected with its gate's reason unless opted in; what
+  it declines, it declines with reasons.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import random
+import re
+import shutil
+import struct
+import subprocess
+import time
+import types
+from pathlib import Path
+
+import attrs
+import ml_dtypes
+import numpy as np
+import pytest
+
+from attnplan import AttentionDescriptor, PagedKV, Plan, explain, registry
+from attnplan.arguments import bind_arguments, lse_shape
+from attnplan.device import Device
+from attnplan.errors import InvalidArguments
+from attnplan.interop import wrap_storage
+from attnplan.kernel_inspect import inspect_cubin
+from attnplan.kernels import SOURCE_DIR
+
+compiler = pytest.importorskip("attnplan.backends.nvrtc.compiler")
+from attnplan.backends.nvrtc import sm90a  # noqa: E402
+from attnplan.backends.nvrtc.backend import NvrtcBackend  # noqa: E402
+from attnplan.backends.nvrtc.generation import verified_rungs  # noqa: E402
+from attnplan.backends.nvrtc.sm90a import runner as sm90a_runner, tiles, tma  # noqa: E402
+from sm90a_host.nvrtc_sm90a import sass_by_function  # noqa: E402
+
+HOST_DIR = Path(__file__).parent / "sm90a_host"
+ROOT = Path(__file__).resolve().parents[1]
+SM90 = Device.cuda(arch=90)
+NAME = "nvrtc.sm90a"
+COMPILE_SECONDS = 20          # per kernel, on the 2-core CI machine
+SPAN = 128
+
+
+def nvrtc_or_skip():
+    try:
+        compiler.nvrtc_version()
+    except compiler.NvrtcUnavailable as exc:  # pragma: no cover - CI installs NVRTC
+        pytest.skip(f"NVRTC unavailable: {exc}")
+
+
+# -- the index math ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory) -> dict:
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found")
+    binary = tmp_path_factory.mktemp("sm90a_fwd") / "dump_fwd"
+    subprocess.run([gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{SOURCE_DIR}",
+                    str(HOST_DIR / "dump_fwd.cpp"), "-o", str(binary)], check=True)
+    return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+
+
+def swizzle_128b(offset: int) -> int:
+    """The 128-byte swizzle TMA applies within an atom: 16-byte chunk bits [4, 7) ^= row bits [7, 10)."""
+    return offset ^ (((offset >> 7) & 7) << 4)
+
+
+def tma_box_byte(rows: int, row: int, col: int) -> int:
+    """Where a tile loaded as one (64-column, `rows`-row) 128B-swizzled TMA box per panel, panel after
+    panel, holds element (row, col): restated from cuTensorMapEncodeTiled's swizzle, not layouts.cuh."""
+    panel, within = divmod(col, 64)
+    return panel * rows * SPAN + swizzle_128b(row * SPAN + within * 2)
+
+
+def test_fragment_coordinates_are_the_mma_c_layout(dump):
+    for thread, nt, e, query, key, row, col in dump["fragment"]["entries"]:
+        warp, lane = divmod(thread, 32)
+        g, t = divmod(lane, 4)
+        assert (query, key) == (row, col)                       # WgmmaRowsC is accumulator_coord
+        assert (row, col) == (16 * warp + g + 8 * (e >> 1), 8 * nt + 2 * t + (e & 1))   # the m16n8 C layout
+    for thread, (first, second) in enumerate(dump["fragment"]["softmax_rows"]):
+        warp, lane = divmod(thread, 32)
+        assert (first, second) == (16 * warp + lane // 4, 16 * warp + lane // 4 + 8)
+
+
+def test_a_rows_elements_live_in_one_quad(dump):
+    """The softmax reduces a row over the four threads of a quad (lanes 4g .. 4g+3)."""
+    owners = {}
+    for thread, nt, e, query, key, _, _ in dump["fragment"]["entries"]:
+        owners.setdefault(query, set()).add(thread)
+    for query, threads in owners.items():
+        assert len(threads) == 4 and max(threads) - min(threads) == 3 and min(threads) % 4 == 0, (query, threads)
+
+
+def _config(dump, block_m, block_n, head_dim, stages):
+    return next(c for c in dump["configs"] if (c["block_m"], c["block_n"], c["head_dim"], c["stages"])
+                == (block_m, block_n, head_dim, stages))
+
+
+CONFIGS = [(128, 128, 64, 2), (128, 128, 128, 2), (128, 64, 256, 2), (128, 128, 128, 3), (128, 64, 64, 1)]
+
+
+@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
+def test_every_wgmma_operand_element_is_read_where_tma_wrote_it(dump, block_m, block_n, head_dim, stages):
+    c = _config(dump, block_m, block_n, head_dim, stages)
+    for consumer in range(block_m // 64):
+        read = c[f"q_read_{consumer}"]
+        expected = [c["q"] + tma_box_byte(block_m, 64 * consumer + row, col)
+                    for row in range(64) for col in range(head_dim)]
+        assert read == expected, f"Q, consumer {consumer}"
+    assert c["k_read"] == [tma_box_byte(block_n, key, col) for key in range(block_n) for col in range(head_dim)]
+    assert c["v_read"] == [tma_box_byte(block_n, key, col) for col in range(head_dim) for key in range(block_n)]
+    assert [p for p, _ in c["q_panels"]] == [p * block_m * SPAN for p in range(head_dim // 64)]
+    assert [column for _, column in c["q_panels"]] == [64 * p for p in range(head_dim // 64)]
+    assert c["kv_panels"] == [p * block_n * SPAN for p in range(head_dim // 64)]
+
+
+@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
+def test_output_is_staged_where_its_store_box_reads_in_the_consumers_own_rows(dump, block_m, block_n, head_dim,
+                                                                              stages):
+    c = _config(dump, block_m, block_n, head_dim, stages)
+    consumers = block_m // 64
+    for consumer in range(consumers):
+        staging, sources = c[f"staging_{consumer}"], c[f"store_source_{consumer}"]
+        assert staging == c[f"q_read_{consumer}"]                   # exactly the consumer's Q bytes
+        for index, at in enumerate(staging):
+            row, col = divmod(index, head_dim)
+            panel, within = divmod(col, 64)
+            assert at == sources[panel] + swizzle_128b(row * SPAN + within * 2)   # a (64, 64) box's layout
+            assert sources[panel] % 1024 == 0
+        others = {b for other in range(consumers) if other != consumer for a in c[f"q_read_{other}"] for b in (a, a + 1)}
+        assert not others & {b for a in staging for b in (a, a + 1)}
+        assert len(set(staging)) == 64 * head_dim
+
+
+@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
+def test_shared_memory_regions(dump, block_m, block_n, head_dim, stages):
+    c = _config(dump, block_m, block_n, head_dim, stages)
+    assert c["bytes"] == tiles.shared_memory_bytes(head_dim, block_m, block_n, stages)
+    assert c["q_bytes"] == block_m * head_dim * 2 and c["kv_tile_bytes"] == block_n * head_dim * 2
+    regions = [(c["q"], c["q_bytes"])] + [(at, c["kv_tile_bytes"]) for at in c["k_tiles"] + c["v_tiles"]]
+    regions.append((c["barriers"], 8 * c["num_barriers"]))
+    for (start, size), (next_start, _) in zip(regions, regions[1:]):
+        assert start + size <= next_start
+    assert all(start % 1024 == 0 for start, _ in regions[:-1])
+    assert c["barriers"] + 8 * c["num_barriers"] + 1024 <= c["bytes"]            # the alignment slack
+    assert sorted(c["barrier_index"]) == list(range(1 + 4 * stages))
+
+
+def test_chosen_tiles_fit_and_d256_uses_64_key_tiles():
+    for head_dim, block_n in ((64, 128), (128, 128), (256, 64)):
+        desc = AttentionDescriptor(batch=1, seqlen_q=128, seqlen_kv=128, heads_q=1, heads_kv=1, head_dim=head_dim)
+        t = tiles.choose_tiles(desc, 90)
+        assert (t.block_m, t.block_n, t.num_warps) == (128, block_n, 12)
+        assert tiles.shared_memory_bytes(head_dim, 128, block_n, tiles.STAGES) <= 227 * 1024
+    assert tiles.shared_memory_bytes(256, 128, 128, 2) > 227 * 1024            # why d=256 takes 64 keys
+    assert tiles.PRODUCER_REGISTERS * 128 + tiles.CONSUMER_REGISTERS * 256 <= 65536
+
+
+def _simulate_ring(dump, stages: int, tiles_count: int, seed: int) -> None:
+    """The producer and two consumers under a random schedule, each step allowed only when its
+    mbarrier wait (try_wait.parity: true once the phase of that parity, the current or the one before,
+    has completed) passes, with the parities of fwd_layout.cuh."""
+    parity = {(s, i): (stage, consumer, producer) for s, i, stage, consumer, producer in dump["pipeline"]}
+    arrivals_needed = {"full": 1, "empty": 2}      # the producer's expect_tx arrive; both consumers' releases
+
+    class Barrier:
+        def __init__(self, kind):
+            self.kind, self.completed, self.arrived = kind, 0, 0
+
+        def passes(self, wanted: int) -> bool:     # the phase before the first counts as complete
+            return (self.completed - 1) % 2 == wanted
+
+        def arrive(self):
+            self.arrived += 1
+            if self.arrived == arrivals_needed[self.kind]:
+                self.completed, self.arrived = self.completed + 1, 0
+
+    full = [Barrier("full") for _ in range(stages)]
+    empty = [Barrier("empty") for _ in range(stages)]
+    buffers = [None] * stages                      # the tile each buffer holds
+    reading = [None, None]                         # the buffer each consumer is reading (between wait and release)
+    produced, consumed = 0, [0, 0]
+    rng = random.Random(seed)
+    for _ in range(20 * tiles_count + 100):
+        actors = []
+        if produced < tiles_count:
+            stage, _, wait = parity[(stages, produced)]
+            assert stage == produced % stages
+            if empty[stage].passes(wait):
+                actors.append("producer")
+        for c in (0, 1):
+            if reading[c] is not None:
+                actors.append(("release", c))
+            elif consumed[c] < tiles_count:
+                stage, wait, _ = parity[(stages, consumed[c])]
+                if full[stage].passes(wait):
+                    actors.append(("read", c))
+        if not actors:
+            assert produced == tiles_count and consumed == [tiles_count, tiles_count], "deadlock"
+            return
+        actor = rng.choice(actors)
+        if actor == "producer":
+            stage = produced % stages
+            assert stage not in reading, "the producer overwrote a buffer a consumer is reading"
+            buffers[stage] = produced
+            full[stage].arrive()
+            produced += 1
+        elif actor[0] == "read":
+            c = actor[1]
+            stage = consumed[c] % stages
+            assert buffers[stage] == consumed[c], "a consumer read another tile's buffer"
+            reading[c] = stage
+        else:
+            c = actor[1]
+            empty[reading[c]].arrive()
+            reading[c] = None
+            consumed[c] += 1
+    raise AssertionError("the schedule did not finish")
+
+
+@pytest.mark.parametrize("stages", (1, 2, 3, 4))
+def test_the_barrier_ring_never_deadlocks_or_overwrites(dump, stages):
+    for i in range(16):
+        stage, consumer, producer = next((st, c, p) for s, it, st, c, p in dump["pipeline"] if (s, it) == (stages, i))
+        assert stage == i % stages and consumer == (i // stages) % 2 and producer == 1 - consumer
+    for seed in range(50):
+        _simulate_ring(dump, stages, 15, seed)
+
+
+# -- the compile matrix --------------------------------------------------------------------------------
+
+def _desc(**fields) -> AttentionDescriptor:
+    base = dict(batch=1, seqlen_q=256, seqlen_kv=256, heads_q=4, heads_kv=4, head_dim=128, dtype="bf16")
+    base.update(fields)
+    return AttentionDescriptor(**base)
+
+
+FEATURES = {"plain": {}, "window": dict(window=(128, 0), causal=True), "window_two_sided": dict(window=(64, 32)),
+            "sinks": dict(window=(128, 0), sink_tokens=4, causal=True), "softcap": dict(softcap=30.0),
+            "alibi": dict(alibi=True, causal=True), "sink_logits": dict(sink_logits=True),
+            "gqa_lse": dict(heads_kv=1, return_lse=True),
+            "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0,
+                               sink_logits=True, heads_kv=2, return_lse=True)}
+
+
+def compile_matrix() -> dict:
+    descs = {}
+    for dtype in ("f16", "bf16"):
+        for head_dim in tiles.HEAD_DIMS:
+            for causal in (False, True):
+                descs[f"{dtype}-d{head_dim}-causal{int(causal)}"] = _desc(dtype=dtype, head_dim=head_dim, causal=causal)
+    for name, extra in FEATURES.items():
+        for head_dim in tiles.HEAD_DIMS:
+            descs[f"{name}-d{head_dim}"] = _desc(head_dim=head_dim, **extra)
+    keys = {}
+    for label, desc in descs.items():          # one compile per distinct kernel
+        key = NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90)
+        keys.setdefault(key.name, (label, desc, key))
+    return keys
+
+
+MATRIX = compile_matrix()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    nvrtc_or_skip()
+    out = {}
+    for name, (label, desc, key) in MATRIX.items():
+        source, options = compiler.source_for(key, sm90a.GENERATION), compiler.options_for(key, sm90a.GENERATION)
+        started = time.perf_counter()
+        cubin, log = compiler.compile_source(source, key.name, options)
+        seconds = time.perf_counter() - started
+        (info,) = inspect_cubin(cubin)
+        out[name] = {"label": label, "desc": desc, "key": key, "log": log, "seconds": seconds, "info": info,
+                     "sass": sass_by_function(cubin)["attn_fwd_kernel"]}
+    return out
+
+
+def test_the_matrix_covers_every_dtype_head_dim_and_feature():
+    assert len(MATRIX) >= 25
+    keys = [key for _, _, key in MATRIX.values()]
+    assert {k.dtype for k in keys} == {"f16", "bf16"} and {k.head_dim for k in keys} == set(tiles.HEAD_DIMS)
+    for feature in ("causal", "window", "sink_tokens", "sink_logits", "alibi", "softcap"):
+        assert {getattr(k, feature) for k in keys} == {False, True}, feature
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_kernel_compiles_cleanly_and_fast(compiled, name, record_property):
+    c = compiled[name]
+    record_property("compile_seconds", round(c["seconds"], 3))
+    print(f"\n{name}: {c['seconds']:.2f} s")
+    assert c["log"] == ""                 # no ptxas remark (e.g. serialized wgmma)
+    assert c["seconds"] < COMPILE_SECONDS
+
+
+_REGISTER = re.compile(r"\bR(\d+)\b")
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_kernel_sass_is_what_the_design_says(compiled, name):
+    c = compiled[name]
+    key, info, sass = c["key"], c["info"], c["sass"]
+    block_n, head_dim, panels = key.tiles.block_n, key.head_dim, key.head_dim // 64
+    suffix = ".BF16" if key.dtype == "bf16" else ""
+    ops = info.opcodes
+    # S = Q K^T: head_dim / 16 m64n<block_n>k16 per tile; O += P V: block_n / 16 m64n<head_dim>k16.
+    hgmma = [line for line in sass if line.startswith("HGMMA")]
+    ss = [line for line in hgmma if "gdesc" in line and not re.search(r"HGMMA\S* R\d+, R\d+, gdesc", line)]
+    rs = [line for line in hgmma if re.search(r"HGMMA\S* R\d+, R\d+, gdesc\[UR\d+\]\.tnspB", line)]
+    assert len(ss) == head_dim // 16 and all(f"HGMMA.64x{block_n}x16.F32{suffix} " in line for line in ss)
+    assert len(rs) == block_n // 16 and all(f"HGMMA.64x{head_dim}x16.F32{suffix} " in line for line in rs)
+    assert len(ss) + len(rs) == len(hgmma)
+    expected = {"UTMALDG.4D": 3 * panels,          # Q, K, V: one box per 64-column panel
+                "UTMASTG.4D": panels, "UTMACCTL.PF": 4,
+                "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
+    assert {op: ops.get(op, 0) for op in expected} == expected
+    assert ops.get("SYNCS.EXCH.64", 0) == 1 + 4 * key.stages                  # mbarrier.init of the ring
+    assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
+    assert not [op for op in ops if op.startswith(("LDL", "STL"))] and info.spill_bytes == 0
+    assert info.stack_bytes == 0
+    # Registers: the launch count fits 384 threads in the register file; the consumer code stays
+    # inside its setmaxnreg budget and the producer's code inside its own.
+    assert info.registers <= tiles.LAUNCH_REGISTERS
+    registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
+    assert registers(sass) < tiles.CONSUMER_REGISTERS
+    start = next(i for i, line in enumerate(sass) if line.startswith("USETMAXREG.DEALLOC"))
+    end = next(i for i in range(start, len(sass)) if sass[i].startswith("EXIT"))
+    assert registers(sass[start:end + 1]) < tiles.PRODUCER_REGISTERS
+    assert sm90a.GENERATION.shared_memory(key)["shared_memory_bytes"] <= 227 * 1024
+
+
+def test_a_wrong_shared_memory_formula_fails_the_compile():
+    nvrtc_or_skip()
+    from attnplan.errors import KernelCompileError
+    wrong = attrs.evolve(sm90a.GENERATION, forward=attrs.evolve(sm90a.GENERATION.forward,
+                                                                shared_memory=lambda key: 4096))
+    key = NvrtcBackend(wrong).dispatch_key(_desc(), SM90)
+    with pytest.raises(KernelCompileError, match="shared_memory_bytes disagrees"):
+        compiler.compile_source(compiler.source_for(key, wrong), key.name, compiler.options_for(key, wrong))
+
+
+# -- the host plumbing --------------------------------------------------------------------------------
+
+class FakeDriver:
+    """Stands in for cuda.bindings.driver in tma.encode: records each call and returns a map whose
+    words name its address and dims, so each map in the block can be told apart."""
+
+    CUresult = types.SimpleNamespace(CUDA_SUCCESS="success")
+
+    def __init__(self):
+        self.calls = []
+        for enum_name in ("CUtensorMapDataType", "CUtensorMapInterleave", "CUtensorMapSwizzle",
+                          "CUtensorMapL2promotion", "CUtensorMapFloatOOBfill"):
+            setattr(self, enum_name, lambda value: int(value))
+
+    def cuTensorMapEncodeTiled(self, data_type, rank, address, dims, strides, box, element_strides, interleave,
+                               swizzle, l2, oob):
+        self.calls.append(dict(data_type=data_type, rank=rank, address=address, dims=list(dims),
+                               strides=list(strides), box=list(box), swizzle=swizzle))
+        words = [address, *dims, *box, swizzle]
+        return "success", types.SimpleNamespace(opaque=words + [0] * (16 - len(words)))
+
+
+def _host_array(shape, dtype="bf16"):
+    return np.zeros(shape, dtype=ml_dtypes.bfloat16 if dtype == "bf16" else np.float16)
+
+
+def _runner(desc):
+    nvrtc_or_skip()
+    plan = Plan.select(desc, "sm_90", prefer=NAME, restrict=True, policy="first")
+    assert plan.sku.backend == NAME
+    runner = plan._executable.forward
+    runner.driver = FakeDriver()
+    return plan, runner
+
+
+def _bound(desc, q=None, k=None, v=None):
+    q = _host_array((desc.batch, desc.seqlen_q, desc.heads_q, desc.head_dim)) if q is None else q
+    k = _host_array((desc.batch, desc.seqlen_kv, desc.heads_kv, desc.head_dim)) if k is None else k
+    v = _host_array((desc.batch, desc.seqlen_kv, desc.heads_kv, desc.head_dim)) if v is None else v
+    bound = bind_arguments(desc, {"q": q, "k": k, "v": v})
+    out = wrap_storage(_host_array((desc.batch, desc.seqlen_q, desc.heads_q, desc.head_dim)), desc.dtype)
+    lse = wrap_storage(np.zeros(lse_shape(desc, desc.batch * desc.seqlen_q), np.float32), "f32")
+    return bound, out, lse
+
+
+def _maps_in(block, struct_layout) -> dict:
+    raw = bytes(block)
+    return {name: struct.unpack("<16Q", raw[offset:offset + size])
+            for name, (offset, size) in struct_layout.opaque_fields().items()}
+
+
+PLUMBING = AttentionDescriptor(batch=2, seqlen_q=300, seqlen_kv=517, heads_q=8, heads_kv=2, head_dim=128,
+                               dtype="bf16", causal=True, return_lse=True)
+
+
+def test_parameter_block_layout():
+    layout = sm90a_runner.FORWARD_PARAMS
+    opaque = layout.opaque_fields()
+    assert list(opaque) == ["q_map", "k_map", "v_map", "o_map"]
+    assert all(offset % 64 == 0 and size == 128 for offset, size in opaque.values())
+    assert layout.size % 64 == 0 and layout.size <= 4096          # one kernel parameter (4 KB)
+    assert "alignas(64) unsigned char q_map[128];" in layout.c_struct()
+    assert ctypes.sizeof(layout.struct_class()) == layout.size
+
+
+def test_runner_grid_threads_and_shared_memory():
+    plan, runner = _runner(PLUMBING)
+    assert runner.grid == (math.ceil(300 / 128), 8, 2) and runner.threads == 384
+    assert runner.shared == tiles.shared_memory_bytes(128, 128, 128, 2) == plan.sku.config_dict["shared_memory_bytes"]
+    config = plan.sku.config_dict
+    assert (config["block_m"], config["block_n"], config["num_warps"], config["stages"]) == (128, 128, 12, 2)
+    assert plan.sku.kernel.endswith("_sm90a") and "--gpu-architecture=sm_90a" in config["options"]
+
+
+def test_maps_are_encoded_from_the_arrays_and_land_in_the_block():
+    plan, runner = _runner(PLUMBING)
+    bound, out, lse = _bound(PLUMBING)
+    block = runner.block(bound, out, lse)
+    calls = {call["address"]: call for call in runner.driver.calls}
+    assert len(runner.driver.calls) == 4
+    d = PLUMBING
+    expected = {"q_map": (bound.q.ptr, [128, 300, 8, 2], [8 * 128 * 2, 128 * 2, 300 * 8 * 128 * 2], [64, 128, 1, 1]),
+                "k_map": (bound.k.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 128, 1, 1]),
+                "v_map": (bound.v.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 128, 1, 1]),
+                "o_map": (out.ptr, [128, 300, 8, 2], [8 * 128 * 2, 128 * 2, 300 * 8 * 128 * 2], [64, 64, 1, 1])}
+    maps = _maps_in(block, runner.struct)
+    for name, (address, dims, strides, box) in expected.items():
+        call = calls[address]
+        assert (call["dims"], call["strides"], call["box"], call["swizzle"], call["rank"]) == (dims, strides, box, 3, 4)
+        assert call["data_type"] == int(tma.DataType.BFLOAT16)
+        assert maps[name][:10] == (address, *dims, *box, 3), name
+    assert (block.seqlen_q, block.seqlen_kv, block.heads_q, block.heads_kv) == (d.seqlen_q, d.seqlen_kv, 8, 2)
+    assert (block.q, block.out, block.lse) == (bound.q.ptr, out.ptr, lse.ptr)
+    assert (block.lse_batch_stride, block.lse_head_stride, block.lse_row_stride) == (8 * 300, 300, 1)
+    assert block.top_left == 0 and block.scale == pytest.approx(d.scale)
+
+
+def test_a_repeated_call_does_no_host_work_and_a_new_output_re_encodes_only_its_map():
+    plan, runner = _runner(PLUMBING)
+    bound, out, lse = _bound(PLUMBING)
+    first = runner.block(bound, out, lse)
+    calls = len(runner.driver.calls)
+    assert runner.block(bound, out, lse) is first and len(runner.driver.calls) == calls
+    other_out = wrap_storage(_host_array(out.shape), "bf16")
+    second = runner.block(bound, other_out, lse)
+    assert second is not first and len(runner.driver.calls) == calls + 1
+    assert runner.driver.calls[-1]["address"] == other_out.ptr
+    assert _maps_in(second, runner.struct)["q_map"] == _maps_in(first, runner.struct)["q_map"]
+
+
+def test_strided_arrays_become_maps_with_their_strides():
+    desc = PLUMBING.replace(causal=False)
+    plan, runner = _runner(desc)
+    wide = _host_array((2, 300, 16, 128))                 # q: every other head of a wider array
+    bound, out, lse = _bound(desc, q=wide[:, :, ::2, :])
+    runner.check_arguments(bound)
+    runner.block(bound, out, lse)
+    q_call = next(c for c in runner.driver.calls if c["address"] == bound.q.ptr)
+    assert q_call["dims"] == [128, 300, 8, 2]
+    assert q_call["strides"] == [16 * 128 * 2, 2 * 128 * 2, 300 * 16 * 128 * 2]
+
+
+def test_strides_tma_cannot_address_are_refused_naming_the_array():
+    desc = PLUMBING.replace(causal=False)
+    plan, runner = _runner(desc)
+    padded = _host_array((2, 300, 8, 132))                # rows of 132 elements: 264 bytes, not a 16-byte multiple
+    bound = bind_arguments(desc, {"q": padded[..., :128], "k": _host_array((2, 517, 2, 128)),
+                                  "v": _host_array((2, 517, 2, 128)),
+                                  "out": _host_array((2, 300, 8, 128))})
+    with pytest.raises(InvalidArguments, match=r"q.*TMA map.*multiple of 16 bytes"):
+        runner.check_arguments(bound)
+    assert runner.driver.calls == []
+
+
+def test_the_bindings_driver_wraps_array_arguments(monkeypatch):
+    """cuda-bindings 13 takes cuuint64_t / cuuint32_t lists, not ints; the adapter converts."""
+    seen = {}
+
+    class Bindings:
+        CUresult = types.SimpleNamespace(CUDA_SUCCESS=0)
+        cuuint64_t = staticmethod(lambda x: ("u64", x))
+        cuuint32_t = staticmethod(lambda x: ("u32", x))
+
+        @staticmethod
+        def cuInit(flags):
+            return (0,)
+
+        @staticmethod
+        def cuTensorMapEncodeTiled(*args):
+            seen["args"] = args
+            return 0, types.SimpleNamespace(opaque=[0] * 16)
+
+    adapter = sm90a_runner.BindingsDriver.__new__(sm90a_runner.BindingsDriver)
+    adapter._driver = Bindings
+    adapter.cuTensorMapEncodeTiled("type", 4, 0x1000, [1, 2], [32], [64, 1], [1, 1], "i", "s", "l", "o")
+    assert seen["args"] == ("type", ("u32", 4), 0x1000, [("u64", 1), ("u64", 2)], [("u64", 32)],
+                            [("u32", 64), ("u32", 1)], [("u32", 1), ("u32", 1)], "i", "s", "l", "o")
+
+
+# -- the planner ---------------------------------------------------------------------------------------
+
+GATED = AttentionDescriptor(batch=2, seqlen_q=1024, seqlen_kv=1024, heads_q=8, heads_kv=8, head_dim=128,
+                            dtype="bf16", causal=True)
+
+
+def test_listed_after_sm80_and_nameable():
+    names = [b.name for b in registry.backends()]
+    assert names.index(NAME) == names.index("nvrtc.sm80") + 1
+    assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == "tma"
+    assert sm90a.GENERATION.verification == Path(sm90a.__file__).with_name("verified.json")
+
+
+def test_the_record_is_well_formed():
+    record = json.loads(sm90a.VERIFICATION.read_text())
+    assert set(record) == {"rungs"}
+    for rung, entry in record["rungs"].items():
+        assert {"device", "date", "results"} <= set(entry), rung
+        assert (ROOT / entry["results"]).is_file(), entry["results"]
+
+
+def test_unverified_it_is_rejected_with_the_gates_reason_unless_opted_in(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    record = tmp_path / "verified.json"
+    record.write_text('{"rungs": {}}')
+    backend = registry.get(NAME)
+    monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
+    verdict = explain(GATED, "sm_90").of(NAME)
+    assert not verdict.accepted and "not verified on a GPU yet (rung 'tma')" in verdict.reasons[0]
+    assert NAME not in explain(GATED, "sm_90").ranking
+    assert Plan.select(GATED, "sm_90").sku.backend != NAME
+    assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted
+    monkeypatch.setenv("ATTNPLAN_UNVERIFIED", NAME)
+    assert explain(GATED, "sm_90").of(NAME).accepted
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED")
+    record.write_text(json.dumps({"rungs": {"tma": {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
+    assert explain(GATED, "sm_90").of(NAME).accepted
+
+
+def test_the_shipped_record_decides_the_default_verdict(monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    verdict = explain(GATED, "sm_90").of(NAME)
+    assert verdict.accepted == ("tma" in verified_rungs(sm90a.VERIFICATION))
+
+
+DECLINED = {
+    "backward": (dict(direction="backward"), "no backward pass"),
+    "dropout": (dict(dropout_p=0.1), "dropout not supported"),
+    "varlen": (dict(layout="thd"), "layout 'thd' not supported"),
+    "paged": (dict(paged=PagedKV(64, 16)), "paged KV not supported"),
+    "bias": (dict(bias=True), "additive bias not supported"),
+    "fp8": (dict(dtype="e4m3"), "dtype 'e4m3' not supported"),
+    "bhsd": (dict(layout="bhsd"), "layout 'bhsd' not supported"),
+    "head_dim_96": (dict(head_dim=96), "head_dim=96 not supported"),
+    "head_dim_v": (dict(head_dim_v=64), "head_dim_v=64 must equal head_dim=128"),
+    "f32": (dict(dtype="f32"), "dtype 'f32' not supported"),
+}
+
+
+@pytest.mark.parametrize("case", list(DECLINED))
+def test_what_it_declines_it_declines_with_a_reason(case):
+    fields, reason = DECLINED[case]
+    verdict = explain(GATED.replace(**fields), "sm_90", prefer=NAME).of(NAME)
+    assert not verdict.accepted and any(reason in r for r in verdict.reasons), verdict.reasons
+
+
+@pytest.mark.parametrize("device", ["sm_80", "sm_89", "sm_100"])
+def test_hopper_only(device):
+    verdict = explain(GATED, device, prefer=NAME).of(NAME)
+    assert not verdict.accepted and any("sm_90 to sm_90" in r for r in verdict.reasons)
+
+
+def test_every_feature_it_takes_is_accepted_when_opted_in():
+    for fields in FEATURES.values():
+        for head_dim in tiles.HEAD_DIMS:
+            desc = _desc(head_dim=head_dim, **fields)
+            assert explain(desc, "sm_90", prefer=NAME).of(NAME).accepted, (fields, head_dim)
+
+
+def test_pinned_tiles_it_cannot_build_are_refused():
+    backend = registry.get(NAME)
+    for config in ({"block_m": 64, "block_n": 128, "num_warps": 8}, {"block_m": 128, "block_n": 96, "num_warps": 12}):
+        with pytest.raises(ValueError):
+            backend.dispatch_key(GATED, SM90, config)
