@@ -8,7 +8,7 @@ from typing import Optional
 import attrs
 import numpy as np
 
-from .dtypes import DTYPE_NAMES, FP8_DTYPES, output_dtype
+from .dtypes import DTYPE_NAMES, FP8_DTYPES, as_dtype_name, output_dtype
 from .errors import InvalidDescriptor
 
 MAX_HEAD_DIM = 256
@@ -103,9 +103,9 @@ class AttentionDescriptor:
     heads_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
     head_dim: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
     head_dim_v: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
-    dtype: str = attrs.field(default="bf16", validator=_one_of(DTYPE_NAMES))
+    dtype: str = attrs.field(default="bf16", converter=as_dtype_name, validator=_one_of(DTYPE_NAMES))
     # The dtype of `out`: the input dtype, or bf16 (the default) / the input's own fp8 type for fp8 inputs.
-    out_dtype: str = attrs.field(validator=_one_of(DTYPE_NAMES))
+    out_dtype: str = attrs.field(converter=as_dtype_name, validator=_one_of(DTYPE_NAMES))
     layout: str = attrs.field(default="bshd", validator=_one_of(LAYOUTS))
     scale: float = attrs.field(validator=_finite_float(what="a finite number"))
     causal: bool = attrs.field(default=False, validator=_boolean)

@@ -46,6 +46,15 @@ def dtype_name(dtype) -> str | None:
     return name
 
 
+def as_dtype_name(value):
+    """A dtype object (torch.bfloat16, numpy.dtype("float32"), a JAX dtype) as our name; strings and
+    anything unknown are returned unchanged, for the descriptor's validator to judge (strings must be
+    our own names).  Reads the object's text: PyTorch is never imported."""
+    if isinstance(value, str):
+        return value
+    return dtype_name(value) or value
+
+
 def output_dtype(dtype: str) -> str:
     """The dtype of `out` for inputs of `dtype` (fp8 inputs give bf16 outputs)."""
     return "bf16" if dtype in FP8_DTYPES else dtype

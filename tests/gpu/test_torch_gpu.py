@@ -1,0 +1,188 @@
+"""attnplan.torch on CUDA tensors: the drop-in against PyTorch's SDPA by the 2x rule (forward and
+gradients), the ops' registrations (opcheck), torch.compile, the current-stream contract (our work is
+ordered on PyTorch's current stream, with no host synchronisation) and capture in a CUDA graph."""
+
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("PyTorch without CUDA", allow_module_level=True)
+
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+import attnplan.torch as apt  # noqa: E402
+from attnplan.torch import ops  # noqa: E402
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")]
+
+# Half an ulp at 1.0 of the dtype: the floor of every comparison (as tests/gpu/support.py).
+EPSILON = {torch.bfloat16: 2.0**-9, torch.float16: 2.0**-12, torch.float32: 1e-6}
+
+
+def inputs(shape_q, shape_kv, dtype, seed=0, grad=True):
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(shape, device="cuda", dtype=dtype, generator=generator).requires_grad_(grad)
+            for shape in (shape_q, shape_kv, shape_kv)]
+
+
+def exact(query, key, value, **kwargs):
+    """PyTorch's math SDPA in float64 on the same values: the reference."""
+    with sdpa_kernel(SDPBackend.MATH):
+        q, k, v = (x.detach().double().requires_grad_() for x in (query, key, value))
+        mask = kwargs.pop("attn_mask", None)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else
+                                             (mask if mask.dtype == torch.bool else mask.double()), **kwargs)
+    return out, (q, k, v)
+
+
+def error(x, ref) -> float:
+    return (x.double() - ref).abs().max().item()
+
+
+def check_by_the_2x_rule(query, key, value, **kwargs):
+    """Ours and PyTorch's SDPA in the inputs' dtype, each against the float64 math: ours may be off
+    by at most twice PyTorch's error plus half an ulp, for out and for each gradient."""
+    ours = apt.scaled_dot_product_attention(query, key, value, **kwargs)
+    theirs = F.scaled_dot_product_attention(query, key, value, **kwargs)
+    want, leaves = exact(query, key, value, **kwargs)
+    eps = EPSILON[query.dtype]
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype and ours.is_cuda
+    assert error(ours, want) <= 2 * error(theirs, want) + eps, (error(ours, want), error(theirs, want))
+    dout = torch.randn_like(ours)
+    grads_ours = torch.autograd.grad(ours, (query, key, value), dout)
+    grads_theirs = torch.autograd.grad(theirs, (query, key, value), dout)
+    grads_want = torch.autograd.grad(want, leaves, dout.double())
+    for name, a, b, w in zip("qkv", grads_ours, grads_theirs, grads_want):
+        scale = max(1.0, w.abs().max().item())
+        assert error(a, w) <= 2 * error(b, w) + eps * scale, (name, error(a, w), error(b, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("features", [
+    dict(),
+    dict(is_causal=True),
+    dict(is_causal=True, kv=200),                # top-left with seqlen_q != seqlen_kv
+    dict(enable_gqa=True, heads_kv=2, is_causal=True),
+    dict(scale=0.05),
+    dict(mask="bool"),
+    dict(mask="float"),
+], ids=lambda f: "-".join(f"{k}" for k in f) or "plain")
+def test_sdpa_drop_in_by_the_2x_rule(dtype, features):
+    features = dict(features)
+    seqlen_kv, heads_kv, mask = features.pop("kv", 128), features.pop("heads_kv", 8), features.pop("mask", None)
+    q, k, v = inputs((2, 8, 128, 64), (2, heads_kv, seqlen_kv, 64), dtype)
+    if mask == "bool":
+        features["attn_mask"] = torch.rand(128, seqlen_kv, device="cuda") > 0.2
+    elif mask == "float":
+        features["attn_mask"] = torch.randn(2, 1, 128, seqlen_kv, device="cuda", dtype=dtype)
+    check_by_the_2x_rule(q, k, v, **features)
+
+
+def test_sink_logit_gradient_on_cuda():
+    q, k, v = inputs((2, 64, 4, 64), (2, 64, 4, 64), torch.bfloat16)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], device="cuda", requires_grad=True)
+    out = apt.attention(q, k, v, causal=True, sink_logits=sinks)
+    out.float().sum().backward()
+    reference = apt.attention(*(x.detach().double().cpu() for x in (q, k, v)), causal=True,
+                              sink_logits=sinks.detach().cpu().requires_grad_())
+    assert error(out.cpu(), reference.detach()) <= 2 * 2.0**-8
+    assert sinks.grad is not None and torch.isfinite(sinks.grad).all()
+
+
+def test_opcheck_on_cuda():
+    q, k, v = inputs((2, 64, 4, 64), (2, 64, 2, 64), torch.bfloat16)
+    torch.library.opcheck(ops.attention_op, (q, k, v), dict(causal=True, return_lse=True))
+    out, lse = apt.attention(q, k, v, causal=True, return_lse=True)
+    torch.library.opcheck(ops.attention_backward_op,
+                          (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse),
+                          dict(causal=True))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_on_cuda(backend):
+    torch._dynamo.reset()
+    q, k, v = inputs((2, 128, 8, 64), (2, 128, 8, 64), torch.bfloat16)
+
+    def block(q, k, v):
+        return apt.attention(q * 2, k, v, causal=True).float().square().sum()
+
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
+    eager_loss = block(q, k, v)
+    eager = torch.autograd.grad(eager_loss, (q, k, v))
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-2, atol=1e-2)
+    for a, b in zip(grads, eager):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+
+
+# -- the current-stream contract ------------------------------------------------------------------
+
+SLEEP_CYCLES = 200_000_000          # ~0.1 s of GPU time at ~2 GHz: long enough to see a host wait
+
+
+def test_work_goes_on_the_current_stream_without_host_synchronisation():
+    """On a side stream busy for ~0.1 s, q is written after the wait and attention reads it: correct
+    results mean our kernels were ordered after the write on that stream (PyTorch's streams do not
+    wait for the legacy default stream), and the call returning before the sleep ends means nothing
+    synchronised with the host."""
+    base_q, k, v = inputs((2, 256, 8, 64), (2, 256, 8, 64), torch.bfloat16, grad=False)
+    want = apt.attention(base_q, k, v, causal=True)
+    dout = torch.randn_like(want)
+    q = base_q.clone().requires_grad_()
+    want_dq, = torch.autograd.grad(apt.attention(q, k, v, causal=True), q, dout)      # warm: plans built
+    side = torch.cuda.Stream()
+    for _ in range(2):
+        torch.cuda.synchronize()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(SLEEP_CYCLES)
+            q = (base_q * 1.0).requires_grad_()                 # written on the side stream, after the sleep
+            started = time.perf_counter()
+            out = apt.attention(q, k, v, causal=True)
+            dq, = torch.autograd.grad(out, q, dout)
+            host_seconds = time.perf_counter() - started
+            busy = not side.query()
+        side.synchronize()
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        torch.testing.assert_close(dq.float(), want_dq.float(), rtol=1e-2, atol=1e-2)
+    assert busy, f"the side stream finished while we were still on the host ({host_seconds:.3f} s)"
+
+
+def test_explicit_stream_argument():
+    q, k, v = inputs((1, 128, 4, 64), (1, 128, 4, 64), torch.float16, grad=False)
+    side = torch.cuda.Stream()
+    want = apt.attention(q, k, v)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(SLEEP_CYCLES)
+    out = apt.attention(q, k, v, stream=side)              # on `side`, after its sleep
+    side.synchronize()
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+# -- CUDA graphs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("features", [dict(causal=True), dict(causal=True, window=(64, 0), softcap=30.0)],
+                         ids=["causal", "window_softcap"])
+def test_capture_in_a_cuda_graph_and_replay(features):
+    q, k, v = inputs((2, 256, 8, 64), (2, 256, 2, 64), torch.bfloat16, grad=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):                          # warm-up off the capture (plans, kernels, caches)
+        for _ in range(2):
+            apt.attention(q, k, v, **features)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = apt.attention(q, k, v, **features)
+    for seed in (1, 2):
+        fresh = inputs((2, 256, 8, 64), (2, 256, 2, 64), torch.bfloat16, seed=seed, grad=False)
+        for static, value in zip((q, k, v), fresh):
+            static.copy_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, apt.attention(*fresh, **features), rtol=0, atol=0)
