@@ -71,15 +71,15 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
         heads_kv, seqlen_kv = tk.shape[1], tk.shape[2]
     else:
         seqlen_kv, heads_kv = tk.shape[1], tk.shape[2]
-    extras = {} if scale is None else {"scale": float(scale)}
+    extras = {} if scale is None else {"scale": scale}        # the descriptor converts and names bad values
     if out_dtype is not None:
         extras["out_dtype"] = out_dtype
     return AttentionDescriptor(
         batch=int(batch), seqlen_q=int(seqlen_q), seqlen_kv=int(seqlen_kv), heads_q=int(heads_q),
         heads_kv=int(heads_kv), head_dim=int(tq.shape[-1]), head_dim_v=int(tv.shape[-1]),
         dtype=tq.dtype, layout=layout, causal=causal, causal_alignment=causal_alignment,
-        window=tuple(window), sink_tokens=sink_tokens, sink_logits=sink_logits is not None,
-        alibi=alibi_slopes is not None, bias=bias is not None, softcap=float(softcap), dropout_p=float(dropout_p),
+        window=window, sink_tokens=sink_tokens, sink_logits=sink_logits is not None,
+        alibi=alibi_slopes is not None, bias=bias is not None, softcap=softcap, dropout_p=dropout_p,
         paged=paged, return_lse=return_lse, deterministic=deterministic, direction=direction, **extras)
 
 

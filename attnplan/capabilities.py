@@ -47,6 +47,7 @@ class Capabilities:
     paged_backward: bool = True       # paged KV in the backward pass too
     lse: bool = True
     deterministic_backward: bool = True
+    empty: bool = False               # empty problems (batch, seqlen_q or seqlen_kv of 0)
 
 
 Check = Callable[[Capabilities, AttentionDescriptor, Device], Optional[str]]
@@ -138,6 +139,7 @@ CHECKS: tuple[Check, ...] = (
     _paged_backward,
     _flag("lse", lambda d: d.return_lse, "returning LSE"),
     _deterministic,
+    _flag("empty", lambda d: d.is_empty, "an empty problem (batch, seqlen_q or seqlen_kv of 0)"),
 )
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from . import __version__, registry
 from .accuracy import relative_l2_error
 from .descriptor import AttentionDescriptor, PagedKV
-from .device import as_device
+from .device import as_device, default_device
 from .errors import AttnPlanError, InvalidOption
 from .plan import Plan, assess
 from .problems import random_inputs
@@ -171,8 +171,23 @@ def _reference_plan(desc, device):
     return Plan.select(desc, device, prefer="reference", restrict=True)
 
 
+def _runnable_device(text):
+    """The device `run` computes on: the CPU or a GPU that is present.  A described arch (sm_90) stands
+    for the present GPU when that GPU is of that arch; otherwise InvalidOption names --device."""
+    device = as_device(text)
+    if device.kind != "cuda" or device.present:
+        return device
+    present = default_device()
+    if device.arch is not None and present.kind == "cuda" and present.arch == device.arch:
+        return present
+    here = f"the GPU present is {present.arch_name}" if present.kind == "cuda" else "no GPU is present"
+    described = f"{device.arch_name} is only described; " if device.arch is not None else ""
+    raise InvalidOption("--device", text, f"{described}{here}, and `run` needs one to compute on (use --device cpu; "
+                                          "`attnplan explain` and `kernel inspect` take a described device)")
+
+
 def cmd_run(args) -> int:
-    device = as_device(args.device)
+    device = _runnable_device(args.device)
     desc = descriptor_from(args, device)
     plan = Plan.select(desc, device, prefer=args.backend, restrict=args.backend is not None, policy=args.policy)
     inputs = random_inputs(desc, device, seed=args.seed)
@@ -268,7 +283,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except AttnPlanError as exc:
-        console.print(f"[red]{exc.__class__.__name__}[/red]: {escape(str(exc))}")
+        console.print(f"[red]{exc.__class__.__name__}[/red]: {escape(str(exc))}", soft_wrap=True)   # one line
         return 2
     except (KeyError, ValueError) as exc:         # unknown --backend, malformed --device, ...
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -28,6 +28,22 @@ def _plain_int(value):
     return int(value) if isinstance(value, np.integer) else value
 
 
+def _plain_float(value):
+    """Real numbers (NumPy scalars, 0-d arrays and tensors included) become Python floats; bools, text and
+    everything that is not one number are left to the validator, which names the field."""
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)) or not hasattr(value, "__float__"):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _plain_bool(value):
+    """NumPy booleans become Python bools."""
+    return bool(value) if isinstance(value, np.bool_) else value
+
+
 def _int_at_least(low: int, owner: str = "AttentionDescriptor"):
     def check(_, attribute, value):
         if not _is_int(value) or value < low:
@@ -65,8 +81,8 @@ def _finite_float(low: float = -math.inf, high: float = math.inf, *, closed_high
 
 
 def _window_pair(value):
-    if isinstance(value, list):
-        return tuple(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain_int(v) for v in value)
     return value
 
 
@@ -96,9 +112,10 @@ class AttentionDescriptor:
     For paged KV, `seqlen_kv` is the maximum key length of a sequence.
     """
 
-    batch: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
-    seqlen_q: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
-    seqlen_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
+    # 0 in any of these three is an empty problem: a no-op with defined outputs (see `is_empty`).
+    batch: int = attrs.field(converter=_plain_int, validator=_int_at_least(0))
+    seqlen_q: int = attrs.field(converter=_plain_int, validator=_int_at_least(0))
+    seqlen_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(0))
     heads_q: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
     heads_kv: int = attrs.field(converter=_plain_int, validator=_int_at_least(1))
     head_dim: int = attrs.field(converter=_plain_int, validator=_int_between(1, MAX_HEAD_DIM))
@@ -107,20 +124,22 @@ class AttentionDescriptor:
     # The dtype of `out`: the input dtype, or bf16 (the default) / the input's own fp8 type for fp8 inputs.
     out_dtype: str = attrs.field(converter=as_dtype_name, validator=_one_of(DTYPE_NAMES))
     layout: str = attrs.field(default="bshd", validator=_one_of(LAYOUTS))
-    scale: float = attrs.field(validator=_finite_float(what="a finite number"))
-    causal: bool = attrs.field(default=False, validator=_boolean)
+    scale: float = attrs.field(converter=_plain_float, validator=_finite_float(what="a finite number"))
+    causal: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
     causal_alignment: str = attrs.field(default="bottom_right", validator=_one_of(CAUSAL_ALIGNMENTS))
     window: tuple = attrs.field(default=(-1, -1), converter=_window_pair, validator=_window_valid)
     sink_tokens: int = attrs.field(default=0, converter=_plain_int, validator=_int_at_least(0))
-    sink_logits: bool = attrs.field(default=False, validator=_boolean)
-    alibi: bool = attrs.field(default=False, validator=_boolean)
-    bias: bool = attrs.field(default=False, validator=_boolean)     # an additive score bias given per call
-    softcap: float = attrs.field(default=0.0, validator=_finite_float(0.0))
-    dropout_p: float = attrs.field(default=0.0, validator=_finite_float(0.0, 1.0, closed_high=False))
-    varlen: bool = attrs.field(validator=_boolean)
+    sink_logits: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
+    alibi: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
+    # An additive score bias given per call.
+    bias: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
+    softcap: float = attrs.field(default=0.0, converter=_plain_float, validator=_finite_float(0.0))
+    dropout_p: float = attrs.field(default=0.0, converter=_plain_float,
+                                   validator=_finite_float(0.0, 1.0, closed_high=False))
+    varlen: bool = attrs.field(converter=_plain_bool, validator=_boolean)
     paged: Optional[PagedKV] = attrs.field(default=None, validator=_paged_valid)
-    return_lse: bool = attrs.field(default=False, validator=_boolean)
-    deterministic: bool = attrs.field(default=False, validator=_boolean)
+    return_lse: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
+    deterministic: bool = attrs.field(default=False, converter=_plain_bool, validator=_boolean)
     direction: str = attrs.field(default="forward", validator=_one_of(DIRECTIONS))
 
     @out_dtype.default
@@ -181,6 +200,11 @@ class AttentionDescriptor:
     def group_size(self) -> int:
         """Query heads per kv head (1 = MHA, heads_q = MQA)."""
         return self.heads_q // self.heads_kv
+
+    @property
+    def is_empty(self) -> bool:
+        """No query or no key: a no-op (out is empty or zeros, LSE -inf)."""
+        return 0 in (self.batch, self.seqlen_q, self.seqlen_kv)
 
     @property
     def has_window(self) -> bool:

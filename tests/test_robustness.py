@@ -596,3 +596,116 @@ def test_other_errors_are_raised_not_taken_for_verdicts(fake_cudnn, step, error)
     with pytest.raises(type(error)) as info:
         _build_graph(graphs)
     assert info.value is error and not isinstance(info.value, graphs.GraphUnsupported)
+
+
+# -- NaN inputs reach exactly the rows they affect, LSE included ---------------------------------
+
+def _nan_inputs():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 5, 2, 8)).astype(np.float32) for _ in range(3))
+    return q, k, v
+
+
+def test_a_nan_query_row_is_nan_in_out_and_lse_and_nowhere_else():
+    q, k, v = _nan_inputs()
+    q[0, 2, 1, 3] = np.nan
+    out, lse = attnplan.attention(q, k, v, return_lse=True)
+    assert np.isnan(out[0, 2, 1]).all() and np.isnan(lse[0, 1, 2])
+    others = np.ones(lse.shape, dtype=bool)
+    others[0, 1, 2] = False
+    assert np.isfinite(lse[others]).all()
+    assert np.isfinite(np.delete(out[0].reshape(10, 8), 2 * 2 + 1, axis=0)).all()
+
+
+def test_a_nan_key_reaches_only_the_rows_that_see_it():
+    q, k, v = _nan_inputs()
+    k[0, 4, 0, 0] = np.nan                      # causal: only query row 4 sees key 4
+    out, lse = attnplan.attention(q, k, v, causal=True, return_lse=True)
+    assert np.isnan(lse[0, 0, 4]) and np.isnan(out[0, 4, 0]).all()
+    assert np.isfinite(lse[0, 0, :4]).all() and np.isfinite(lse[0, 1]).all()
+    assert np.isfinite(out[0, :4]).all() and np.isfinite(out[0, 4, 1]).all()
+
+
+# -- empty dense problems are no-ops with defined outputs, served by the reference ------------------
+
+@pytest.mark.parametrize("batch, seqlen_q, seqlen_kv", [(0, 4, 5), (1, 0, 5), (2, 4, 0), (1, 0, 0)])
+def test_empty_dense_problems_are_no_ops(batch, seqlen_q, seqlen_kv):
+    q = np.ones((batch, seqlen_q, 2, 8), np.float32)
+    k = v = np.ones((batch, seqlen_kv, 2, 8), np.float32)
+    out, lse = attnplan.attention(q, k, v, causal=True, return_lse=True)
+    assert out.shape == q.shape and lse.shape == (batch, 2, seqlen_q)
+    assert (out == 0).all() and (lse == -np.inf).all()
+    plan = Plan.select(attnplan.describe(q, k, v), CPU)
+    assert plan.sku.backend == "reference"
+    dq, dk, dv = attnplan.attention_backward(np.ones_like(q), q, k, v, out, lse, causal=True)
+    assert dq.shape == q.shape and dk.shape == k.shape and not dq.any() and not dk.any() and not dv.any()
+
+
+def test_gpu_backends_decline_empty_problems_with_a_reason():
+    desc = AttentionDescriptor(batch=0, seqlen_q=64, seqlen_kv=64, heads_q=2, heads_kv=2, head_dim=64, dtype="f16")
+    table = str(attnplan.explain(desc, device="sm_90")).splitlines()
+    for backend in ("nvrtc.sm80", "nvrtc.sm90a", "cudnn"):
+        line = next(line for line in table if f" {backend} " in line)
+        assert "empty problem" in line, line
+
+
+# -- an arch NVRTC cannot target is a verdict of the nvrtc backends, and the next backend serves ----
+
+def test_an_arch_nvrtc_cannot_target_is_a_verdict_and_the_next_backend_serves(monkeypatch):
+    from attnplan.backends.nvrtc import compiler
+    from attnplan.backends.reference.backend import ReferenceBackend
+    monkeypatch.setattr(compiler, "nvrtc_version", lambda: "13.0")
+    monkeypatch.setattr(compiler, "supported_archs", lambda: [80, 90, 100])
+    monkeypatch.setattr(ReferenceBackend, "availability", lambda self, desc, device: [])   # as if CuPy were here
+    desc = AttentionDescriptor(batch=1, seqlen_q=64, seqlen_kv=64, heads_q=2, heads_kv=2, head_dim=64, dtype="f16")
+    verdicts = attnplan.explain(desc, device="sm_91")
+    verdict = verdicts.of("nvrtc.sm80")
+    assert not verdict.accepted
+    assert any("sm_91" in reason and "sm_90" in reason and "NVRTC" in reason for reason in verdict.reasons)
+    assert verdicts.choice is not None and not verdicts.choice.startswith("nvrtc")
+    assert attnplan.explain(desc, device="sm_90").of("nvrtc.sm80").accepted
+
+
+# -- `run` on a described device or without a GPU: one line naming --device, exit 2 ----------------
+
+@pytest.mark.parametrize("device", ["sm_90", "cuda"])
+def test_run_without_that_gpu_is_a_one_line_error(narrow_console, capsys, monkeypatch, device):
+    from attnplan import device as device_module
+    monkeypatch.setattr(device_module, "_probe_cuda", lambda index: None)      # no GPU here
+    monkeypatch.setattr(device_module, "default_device", device_module.Device.cpu)
+    monkeypatch.setattr(cli, "default_device", device_module.Device.cpu, raising=False)
+    assert cli.main(["run", *SMALL, "--head-dim", "64", "--device", device]) == 2
+    text = _out(capsys).strip()
+    assert len(text.splitlines()) == 1, text
+    assert "InvalidOption" in text and f"--device={device!r}" in text and "no GPU is present" in text
+    assert "`run` needs one" in text and ("only described" in text) == (device == "sm_90")
+
+
+# -- NumPy scalars are taken as Python values; bad attention() options name the argument -----------
+
+NUMPY_SCALARS = [("scale", np.float32(0.5), 0.5), ("softcap", np.float32(2.0), 2.0),
+                 ("dropout_p", np.float64(0.25), 0.25), ("window", (np.int64(3), np.int32(0)), (3, 0)),
+                 ("causal", np.bool_(True), True), ("return_lse", np.bool_(False), False)]
+
+
+@pytest.mark.parametrize("field, value, plain", NUMPY_SCALARS)
+def test_numpy_scalars_are_accepted_as_python_values(field, value, plain):
+    desc = AttentionDescriptor(batch=1, seqlen_q=4, seqlen_kv=4, heads_q=2, heads_kv=2, head_dim=8, **{field: value})
+    assert getattr(desc, field) == plain and type(getattr(desc, field)) is type(plain)
+    if field == "window":
+        assert all(type(side) is int for side in desc.window)
+
+
+@pytest.mark.parametrize("option, value", [("window", 5), ("scale", "a"), ("softcap", None), ("dropout_p", None)])
+def test_bad_attention_options_name_the_argument(option, value):
+    q = np.ones((1, 4, 2, 8), np.float32)
+    with pytest.raises(errors.InvalidDescriptor) as info:
+        attnplan.attention(q, q, q, **{option: value})
+    assert info.value.field == option and info.value.value == value and info.value.allowed
+    assert isinstance(info.value, AttnPlanError)
+
+
+def test_attention_takes_numpy_scalar_options():
+    q = np.random.default_rng(1).standard_normal((1, 4, 2, 8)).astype(np.float32)
+    out = attnplan.attention(q, q, q, scale=np.float32(0.5), window=[np.int64(1), 0], softcap=np.float32(3.0))
+    assert np.isfinite(out).all()

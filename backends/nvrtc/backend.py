@@ -62,6 +62,11 @@ class NvrtcBackend(Backend):
             compiler.nvrtc_version()
         except compiler.NvrtcUnavailable as exc:
             missing.append(f"{exc} (pip install attnplan[cuda13] or [cuda12])")
+        else:
+            targets = compiler.supported_archs()
+            if device.kind == "cuda" and device.arch is not None and device.arch not in targets:
+                missing.append(f"NVRTC {compiler.nvrtc_version()} cannot target sm_{device.arch} "
+                               f"(it targets {', '.join(f'sm_{arch}' for arch in targets)})")
         if device.kind == "cuda" and device.present:
             try:
                 import cupy  # noqa: F401

@@ -98,7 +98,7 @@ class ReferenceExecutor:
 
 class ReferenceBackend(Backend):
     name = "reference"
-    capabilities = Capabilities(devices=frozenset({"cpu", "cuda"}))
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda"}), empty=True)
     last_resort = True
 
     def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:

@@ -86,12 +86,13 @@ def chunk_probabilities(desc, seq: SequenceInputs, start: int, stop: int, seed: 
     if desc.sink_logits:
         sinks = xp.broadcast_to(seq.sinks.reshape(heads_kv, group, 1), row_max.shape)
         row_max = xp.maximum(row_max, sinks)
-    safe_max = xp.where(xp.isfinite(row_max), row_max, 0.0)
+    # An infinite max (no visible key) shifts by 0; a NaN max stays NaN so that it reaches the LSE.
+    safe_max = xp.where(xp.isinf(row_max), 0.0, row_max)
     exps = xp.exp(scores - safe_max[..., None])
     denominator = exps.sum(axis=-1)
     if sinks is not None:
         denominator = denominator + xp.exp(sinks - safe_max)
-    has_mass = denominator > 0
+    has_mass = ~(denominator <= 0)        # "no mass" is 0 only: a NaN denominator stays NaN
     probs = exps / xp.where(has_mass, denominator, 1.0)[..., None]
     lse = xp.where(has_mass, safe_max + xp.log(xp.where(has_mass, denominator, 1.0)), -xp.inf)
     dropout_scale = None
