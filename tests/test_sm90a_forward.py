@@ -493,29 +493,30 @@ def test_strides_tma_cannot_address_are_refused_naming_the_array():
     assert runner.driver.calls == []
 
 
-def test_the_bindings_driver_wraps_array_arguments(monkeypatch):
-    """cuda-bindings 13 takes cuuint64_t / cuuint32_t lists, not ints; the adapter converts."""
+def test_encode_gives_cuda_bindings_its_own_integer_types():
+    """cuda-bindings 13 takes cuuint64_t / cuuint32_t lists, not ints; tma.encode converts."""
     seen = {}
 
     class Bindings:
         CUresult = types.SimpleNamespace(CUDA_SUCCESS=0)
         cuuint64_t = staticmethod(lambda x: ("u64", x))
         cuuint32_t = staticmethod(lambda x: ("u32", x))
-
-        @staticmethod
-        def cuInit(flags):
-            return (0,)
+        CUtensorMapDataType = CUtensorMapInterleave = CUtensorMapSwizzle = staticmethod(lambda x: ("enum", x))
+        CUtensorMapL2promotion = CUtensorMapFloatOOBfill = staticmethod(lambda x: ("enum", x))
 
         @staticmethod
         def cuTensorMapEncodeTiled(*args):
             seen["args"] = args
             return 0, types.SimpleNamespace(opaque=[0] * 16)
 
-    adapter = sm90a_runner.BindingsDriver.__new__(sm90a_runner.BindingsDriver)
-    adapter._driver = Bindings
-    adapter.cuTensorMapEncodeTiled("type", 4, 0x1000, [1, 2], [32], [64, 1], [1, 1], "i", "s", "l", "o")
-    assert seen["args"] == ("type", ("u32", 4), 0x1000, [("u64", 1), ("u64", 2)], [("u64", 32)],
-                            [("u32", 64), ("u32", 1)], [("u32", 1), ("u32", 1)], "i", "s", "l", "o")
+    params = tma.tensor_map_params((2, 64), (64, 1), "bf16", (64, 1))
+    tma.encode(params, 0x1000, driver=Bindings)
+    args = seen["args"]
+    assert args[1] == ("u32", params.rank) and args[2] == 0x1000
+    assert args[3] == [("u64", x) for x in params.global_dims]
+    assert args[4] == [("u64", x) for x in params.global_strides_bytes]
+    assert args[5] == [("u32", x) for x in params.box_dims]
+    assert args[6] == [("u32", x) for x in params.element_strides]
 
 
 # -- the planner ---------------------------------------------------------------------------------------

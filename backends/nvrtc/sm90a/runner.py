@@ -13,7 +13,6 @@ repeated call with the same tensors does no host work beyond the launch.
 
 from __future__ import annotations
 
-import functools
 
 import attrs
 
@@ -39,37 +38,6 @@ FILLED_BLOCKS = 64           # filled parameter blocks kept per runner (distinct
 
 def forward_entry_points(key: DispatchKey) -> tuple:
     return (FORWARD_KERNEL,)
-
-
-class BindingsDriver:
-    """cuda.bindings.driver as tma.encode calls it, with the array arguments of
-    cuTensorMapEncodeTiled made cuuint64_t / cuuint32_t values (cuda-bindings 13 refuses plain ints:
-    "Cannot convert int to cuda.bindings.driver.cuuint32_t"), and cuInit called once."""
-
-    def __init__(self):
-        try:
-            from cuda.bindings import driver
-        except ImportError:       # cuda-python 12 before the cuda.bindings layout
-            from cuda import cuda as driver
-        self._driver = driver
-        (result,) = driver.cuInit(0)
-        if result != driver.CUresult.CUDA_SUCCESS:
-            raise tma.TensorMapEncodeFailed(f"cuInit failed ({result})")
-
-    def __getattr__(self, name):
-        return getattr(self._driver, name)
-
-    def cuTensorMapEncodeTiled(self, data_type, rank, address, dims, strides, box, element_strides, *modes):
-        d = self._driver
-        u64, u32 = d.cuuint64_t, d.cuuint32_t
-        return d.cuTensorMapEncodeTiled(data_type, u32(rank), address, [u64(x) for x in dims],
-                                        [u64(x) for x in strides], [u32(x) for x in box],
-                                        [u32(x) for x in element_strides], *modes)
-
-
-@functools.lru_cache(maxsize=None)
-def bindings_driver() -> BindingsDriver:
-    return BindingsDriver()
 
 
 def map_params(desc: AttentionDescriptor, key: DispatchKey, bound, out) -> dict:
@@ -136,8 +104,7 @@ class ForwardRunner:
         cache_key = (map_params_, address)
         blob = self._encoded.get(cache_key)
         if blob is None:
-            driver = self.driver if self.driver is not None else bindings_driver()
-            blob = tma.encode(map_params_, address, driver)
+            blob = tma.encode(map_params_, address, self.driver)     # None: cuda-python's driver
             if len(self._encoded) >= FILLED_BLOCKS * len(MAP_FIELDS):
                 self._encoded.clear()
             self._encoded[cache_key] = blob

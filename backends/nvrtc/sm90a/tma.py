@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
+import functools
 import struct
 from typing import Optional, Sequence
 
@@ -321,11 +322,16 @@ def attention_maps(layout: str, q_shape, k_shape, v_shape, dtype: str, block_m: 
 
 # -- The driver ----------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _driver():
+    """cuda-python's driver module, initialised once (cuTensorMapEncodeTiled needs cuInit)."""
     try:
         from cuda.bindings import driver
     except ImportError:       # cuda-python 12 before the cuda.bindings layout
         from cuda import cuda as driver
+    (result,) = driver.cuInit(0)
+    if result != driver.CUresult.CUDA_SUCCESS:
+        raise TensorMapEncodeFailed(f"cuInit failed ({result})")
     return driver
 
 
@@ -337,9 +343,13 @@ def encode(params: TensorMapParams, global_address: int, driver=None) -> bytes:
         raise TensorMapError("global_address", hex(global_address),
                              f"{alignment}-byte aligned" + (" with 32-byte interleave" if alignment == 32 else ""))
     driver = _driver() if driver is None else driver
+    # cuda-bindings 13 takes the sizes as cuuint64_t / cuuint32_t values, not ints ("Cannot convert int
+    # to cuda.bindings.driver.cuuint32_t"); a driver without those types gets the ints as they are.
+    u64, u32 = getattr(driver, "cuuint64_t", int), getattr(driver, "cuuint32_t", int)
     result, tensor_map = driver.cuTensorMapEncodeTiled(
-        driver.CUtensorMapDataType(int(params.data_type)), params.rank, global_address, list(params.global_dims),
-        list(params.global_strides_bytes), list(params.box_dims), list(params.element_strides),
+        driver.CUtensorMapDataType(int(params.data_type)), u32(params.rank), global_address,
+        [u64(x) for x in params.global_dims], [u64(x) for x in params.global_strides_bytes],
+        [u32(x) for x in params.box_dims], [u32(x) for x in params.element_strides],
         driver.CUtensorMapInterleave(int(params.interleave)), driver.CUtensorMapSwizzle(int(params.swizzle)),
         driver.CUtensorMapL2promotion(int(params.l2_promotion)), driver.CUtensorMapFloatOOBfill(int(params.oob_fill)))
     if result != driver.CUresult.CUDA_SUCCESS:
