@@ -108,10 +108,8 @@ def _verdict_table(verdicts) -> Table:
     table = Table("", "backend", "kernel", "estimate TFLOP/s", "estimate us", "measured ms", "verdict",
                   show_lines=False)
     for v in verdicts:
-        mark = "*" if v.backend == verdicts.choice else (str(verdicts.ranking.index(v.backend) + 1)
-                                                         if v.backend in verdicts.ranking else "")
         # Reasons are plain text: "[cuda13]" in a pip hint must not be read as rich markup.
-        table.add_row(mark, escape(v.backend), escape(v.kernel),
+        table.add_row(verdicts.mark(v.backend), escape(v.backend), escape(v.kernel),
                       f"{v.estimate_tflops:.0f}" if v.estimate_tflops else "-",
                       f"{v.estimate_us:.1f}" if v.estimate_us else "-",
                       f"{v.measured_ms:.3f}" if v.measured_ms else "-",

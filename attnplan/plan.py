@@ -50,13 +50,17 @@ class Verdicts(list):
     def of(self, backend: str) -> Verdict:
         return next(v for v in self if v.backend == backend)
 
+    def mark(self, backend: str) -> str:
+        """The table's first column: "*" for the choice, else the rank (1 = best), "" when unranked."""
+        if backend == self.choice:
+            return "*"
+        return str(self.ranking.index(backend) + 1) if backend in self.ranking else ""
+
     def __str__(self) -> str:
         rows = [("", "backend", "kernel", "TFLOP/s", "verdict")]
         for v in self:
-            mark = "*" if v.backend == self.choice else (str(self.ranking.index(v.backend) + 1)
-                                                         if v.backend in self.ranking else "")
             tflops = v.measured_tflops or v.estimate_tflops
-            rows.append((mark, v.backend, v.kernel, f"{tflops:.0f}" if tflops else "-",
+            rows.append((self.mark(v.backend), v.backend, v.kernel, f"{tflops:.0f}" if tflops else "-",
                          "accepted" if v.accepted else "; ".join(v.reasons)))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]

@@ -23,9 +23,7 @@ import json
 import math
 import random
 import re
-import shutil
 import struct
-import subprocess
 import time
 import types
 from pathlib import Path
@@ -41,16 +39,14 @@ from attnplan.device import Device
 from attnplan.errors import InvalidArguments
 from attnplan.interop import wrap_storage
 from attnplan.kernel_inspect import inspect_cubin
-from attnplan.kernels import SOURCE_DIR
 
 compiler = pytest.importorskip("attnplan.backends.nvrtc.compiler")
 from attnplan.backends.nvrtc import sm90a  # noqa: E402
 from attnplan.backends.nvrtc.backend import NvrtcBackend  # noqa: E402
 from attnplan.backends.nvrtc.generation import verified_rungs  # noqa: E402
 from attnplan.backends.nvrtc.sm90a import runner as sm90a_runner, tiles, tma  # noqa: E402
-from sm90a_host.nvrtc_sm90a import sass_by_function  # noqa: E402
+from sm90a_host.nvrtc_sm90a import host_dump, sass_by_function  # noqa: E402
 
-HOST_DIR = Path(__file__).parent / "sm90a_host"
 ROOT = Path(__file__).resolve().parents[1]
 SM90 = Device.cuda(arch=90)
 NAME = "nvrtc.sm90a"
@@ -69,13 +65,7 @@ def nvrtc_or_skip():
 
 @pytest.fixture(scope="module")
 def dump(tmp_path_factory) -> dict:
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found")
-    binary = tmp_path_factory.mktemp("sm90a_fwd") / "dump_fwd"
-    subprocess.run([gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{SOURCE_DIR}",
-                    str(HOST_DIR / "dump_fwd.cpp"), "-o", str(binary)], check=True)
-    return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+    return host_dump("dump_fwd", tmp_path_factory.mktemp("sm90a_fwd"))
 
 
 def swizzle_128b(offset: int) -> int:

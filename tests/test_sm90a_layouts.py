@@ -10,17 +10,11 @@ compiles the header for sm_90a with NVRTC, so the same functions are known to be
 from __future__ import annotations
 
 import collections
-import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from attnplan.kernels import SOURCE_DIR
-from sm90a_host.nvrtc_sm90a import compile_sm90a
+from sm90a_host.nvrtc_sm90a import compile_sm90a, host_dump
 
-HOST_DIR = Path(__file__).parent / "sm90a_host"
 WIDTHS = (64, 96, 128, 192, 256)
 ELEM_BYTES = 2
 TILE_COLUMNS = 128  # the tile width dump_layouts.cpp uses (a 128-element head dim)
@@ -29,13 +23,7 @@ SPAN = {0: 16, 1: 32, 2: 64, 3: 128}  # swizzle mode (log2(span / 16)) -> span i
 
 @pytest.fixture(scope="module")
 def dump(tmp_path_factory) -> dict:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not found")
-    binary = tmp_path_factory.mktemp("sm90a_layouts") / "dump_layouts"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{SOURCE_DIR}",
-                    str(HOST_DIR / "dump_layouts.cpp"), "-o", str(binary)], check=True)
-    return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+    return host_dump("dump_layouts", tmp_path_factory.mktemp("sm90a_layouts"))
 
 
 # -- The ISA's register-fragment figures, restated ---------------------------------------------------

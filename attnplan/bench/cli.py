@@ -180,8 +180,7 @@ def results_table(data: dict, baseline: str | None = None) -> Table:
 
 def _label(p: dict) -> str:
     from .problems import BenchProblem
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k != "flops"}
-    return BenchProblem(**fields).label
+    return BenchProblem.from_dict(p).label
 
 
 def cmd_compare(args) -> int:

@@ -50,6 +50,12 @@ class BenchProblem:
             fields.update(extra)
         return AttentionDescriptor(**fields)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchProblem":
+        """The problem of a results row's `problem` (as_dict's output; lists back to tuples, the
+        row's `flops` dropped)."""
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k != "flops"})
+
     def as_dict(self) -> dict:
         d = attrs.asdict(self)
         d["features"] = list(self.features)

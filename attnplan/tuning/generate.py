@@ -33,8 +33,7 @@ def candidate_of(row: dict) -> str:
 
 
 def row_descriptor(row: dict):
-    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in row["problem"].items() if k != "flops"}
-    return BenchProblem(**fields).descriptor()
+    return BenchProblem.from_dict(row["problem"]).descriptor()
 
 
 def is_candidate_row(row: dict) -> bool:

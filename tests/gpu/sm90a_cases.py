@@ -9,35 +9,25 @@ import itertools
 
 from attnplan import AttentionDescriptor
 
+from cases import FEATURES as SHARED_FEATURES, _desc  # tests/gpu is on sys.path (conftest, the ladder)
+
 HEAD_DIMS = (64, 128, 256)
-
-
-def _desc(**fields) -> AttentionDescriptor:
-    base = dict(batch=2, seqlen_q=113, seqlen_kv=113, heads_q=4, heads_kv=4, head_dim=128, dtype="bf16",
-                return_lse=True)
-    base.update(fields)
-    return AttentionDescriptor(**base)
 
 
 # Mask and score features on one base problem (q shorter than kv, neither a multiple of a tile).
 FEATURE_BASE = dict(seqlen_q=300, seqlen_kv=517)
-FEATURES = {
-    "top_left": dict(causal=True, causal_alignment="top_left"),
-    "top_left_q_longer": dict(causal=True, causal_alignment="top_left", seqlen_q=517, seqlen_kv=300),
-    "bottom_right_q_longer": dict(causal=True, seqlen_q=517, seqlen_kv=300),
-    "window_causal": dict(causal=True, window=(64, 0)),
-    "window_two_sided": dict(window=(32, 48)),
-    "window_sinks": dict(causal=True, window=(40, 0), sink_tokens=5),
+# The GPU suite's feature cases this generation takes (cases.FEATURES, the same values), in ladder
+# order, plus two-sided variants and its own everything-at-once case.
+_OWN = {
     "window_sinks_two_sided": dict(window=(40, 20), sink_tokens=70),
-    "softcap": dict(softcap=30.0 / 8.0),
-    "alibi": dict(causal=True, alibi=True),
     "alibi_two_sided": dict(alibi=True),
-    "sink_logits": dict(causal=True, window=(16, 0), sink_logits=True),
-    "gqa4": dict(heads_q=8, heads_kv=2, causal=True),
-    "mqa8": dict(heads_q=8, heads_kv=1),
     "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0, sink_logits=True,
                        heads_q=8, heads_kv=2),
 }
+_ORDER = ("top_left", "top_left_q_longer", "bottom_right_q_longer", "window_causal", "window_two_sided",
+          "window_sinks", "window_sinks_two_sided", "softcap", "alibi", "alibi_two_sided", "sink_logits", "gqa4",
+          "mqa8", "everything")
+FEATURES = {name: _OWN[name] if name in _OWN else SHARED_FEATURES[name] for name in _ORDER}
 
 
 def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:

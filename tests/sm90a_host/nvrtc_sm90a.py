@@ -16,6 +16,20 @@ from attnplan.kernels import SOURCE_DIR
 SM90A_OPTIONS = ["-std=c++17", "--gpu-architecture=sm_90a", f"-I{SOURCE_DIR}"]
 
 
+def host_dump(program: str, workdir: Path) -> dict:
+    """Build tests/sm90a_host/<program>.cpp with g++ (against the kernel headers) in `workdir`, run it,
+    and return the JSON it prints; skips when g++ is missing."""
+    import json
+    import shutil
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found")
+    binary = Path(workdir) / program
+    subprocess.run([gxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{SOURCE_DIR}",
+                    str(Path(__file__).parent / f"{program}.cpp"), "-o", str(binary)], check=True)
+    return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+
+
 def compile_sm90a(source: str, name: str) -> tuple[bytes, str]:
     """(cubin, NVRTC log) of `source` for sm_90a with kernels/ on the include path."""
     compiler = pytest.importorskip("attnplan.backends.nvrtc.compiler")
