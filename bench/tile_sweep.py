@@ -1,22 +1,28 @@
-"""A/B the sm80 forward tile configs (tiles, K buffers), or the backward's tile
-configs, on chosen problems, each checked against the reference before its time counts.  Run on
-the GPU:
+"""A/B the kernel configs of a generation on chosen problems -- the sm80 forward's tiles and K
+buffers, the backward's tiles, the sm90a forward's rungs and K/V stages -- each checked against the
+reference before its time counts, all timed in interleaved rounds (the same clocks), with
+`--with` contenders (cudnn, torch.flash, ...) in the same rounds.  Run on the GPU:
 
     python bench/tile_sweep.py --head-dims 64,128 --seqlens 4096 --output bench/results/tiles.json
     python bench/tile_sweep.py --direction backward --output bench/results/bwd-tiles.json
+    python bench/tile_sweep.py --generation sm90a --head-dims 64,128,256 --seqlens 4096,16384 \
+        --with cudnn,torch.flash --output bench/results/sm90a-rungs.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import sys
 
-from attnplan.backends.nvrtc import sm80
+from attnplan.backends.nvrtc import sm80, sm90a
 from attnplan.backends.nvrtc.backend import NvrtcBackend
+from attnplan.bench import peers
 from attnplan.bench.contenders import prepare_plan
 from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved
 from attnplan.bench.problems import standard_problem
-from attnplan.bench.runner import device_description, input_sets, reference_targets
+from attnplan.bench.runner import device_description, input_sets, reference_targets, versions
 from attnplan.device import default_device
 from attnplan.plan import Plan
 
@@ -32,41 +38,71 @@ CONFIGS = {
 }
 
 
-def candidates(direction: str, head_dim: int) -> list[tuple]:
-    return next(cfgs for limit, cfgs in sorted(CONFIGS[direction].items()) if head_dim <= limit)
+# The sm90a forward: (rung, K/V stages) on the generation's own tile per head dim; three stages fit
+# 227 KB up to d=128 (tiles.shared_memory_bytes), not at d=256.
+SM90A_CONFIGS = {128: [(rung, 2) for rung in sm90a.RUNGS], 256: [(rung, 2) for rung in sm90a.RUNGS]}
+GENERATIONS = {"sm80": sm80.GENERATION, "sm90a": sm90a.GENERATION}
 
 
-def sweep(direction: str, head_dims, seqlens, device, rows: list) -> None:
-    """Every candidate config on each problem, checked against the reference, the correct ones timed
-    in interleaved rounds (the same clocks for all)."""
+def candidates(generation: str, direction: str, head_dim: int) -> list[dict]:
+    """The configs to compare, as the pinned-config dicts NvrtcBackend.build takes."""
+    if generation == "sm90a":
+        cfgs = next(c for limit, c in sorted(SM90A_CONFIGS.items()) if head_dim <= limit)
+        return [{"rung": rung, "stages": stages} for rung, stages in cfgs]
+    cfgs = next(c for limit, c in sorted(CONFIGS[direction].items()) if head_dim <= limit)
+    return [dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg)) for cfg in cfgs]
+
+
+def _check(desc, prepared, want, select, label: str, name: str, rows: list, timed: list, problem) -> None:
+    error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
+    row = {"problem": problem.as_dict(), "contender": name, "sku": prepared.sku, "error": error}
+    rows.append(row)
+    if is_correct(error, desc.dtype):
+        timed.append((row, prepared))
+    else:
+        print(label, name, "WRONG", error, flush=True)
+
+
+def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: list, others=(), repeats: int = 20,
+          dtype: str = "bf16") -> None:
+    """Every candidate config (and each of `others`: a backend name or a peer) on each problem,
+    checked against the reference, the correct ones timed in interleaved rounds."""
     for head_dim in head_dims:
         for seqlen in seqlens:
             for causal in (False, True):
-                problem = standard_problem("bf16", head_dim, seqlen, causal, direction)
+                problem = standard_problem(dtype, head_dim, seqlen, causal, direction)
                 desc = problem.descriptor()
                 sets = input_sets(desc, device, 0)
                 fixed, want, select = reference_targets(desc, sets)
                 timed = []
-                for cfg in candidates(direction, head_dim):
-                    config = dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg))
+                for config in candidates(generation, direction, head_dim):
+                    name = ",".join(f"{k}={v}" for k, v in config.items())
                     try:
-                        backend = NvrtcBackend(sm80.GENERATION)
+                        backend = NvrtcBackend(GENERATIONS[generation])
                         plan = Plan(desc, device, backend, backend.build(desc, device, config))
-                        prepared = prepare_plan("nvrtc", desc, sets, fixed, plan=plan)
+                        prepared = prepare_plan(backend.name, desc, sets, fixed, plan=plan)
                     except Exception as exc:
-                        print(problem.label, cfg, "build failed:", str(exc)[:200])
+                        print(problem.label, name, "build failed:", str(exc)[:300], flush=True)
                         continue
-                    error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
-                    row = {"problem": problem.as_dict(), "config": config, "error": error}
-                    rows.append(row)
-                    if is_correct(error, desc.dtype):
-                        timed.append((row, prepared))
-                    else:
-                        print(problem.label, cfg, "WRONG", error)
-                times = time_interleaved([p for _, p in timed], len(sets), 20, 3, True)
+                    _check(desc, prepared, want, select, problem.label, f"{generation}[{name}]", rows, timed, problem)
+                for other in others:
+                    try:
+                        if other in peers.available_peers() or other.startswith(("torch.", "flash")):
+                            reason = peers.peer_reason(other, desc)
+                            if reason:
+                                print(problem.label, other, "skipped:", reason, flush=True)
+                                continue
+                            prepared = peers.prepare(other, desc, sets, fixed)
+                        else:
+                            prepared = prepare_plan(other, desc, sets, fixed)
+                    except Exception as exc:
+                        print(problem.label, other, "failed:", str(exc)[:300], flush=True)
+                        continue
+                    _check(desc, prepared, want, select, problem.label, other, rows, timed, problem)
+                times = time_interleaved([p for _, p in timed], len(sets), repeats, 3, True)
                 for (row, _), t in zip(timed, times):
                     row.update(ms=median(t), tflops=desc.flops() / median(t) / 1e9)
-                    print(f"{problem.label:40s} {str(tuple(row['config'].values())):18s} err={row['error']:.2e} "
+                    print(f"{problem.label:40s} {row['contender']:34s} err={row['error']:.2e} "
                           f"{row['tflops']:7.1f} TFLOP/s", flush=True)
 
 
@@ -75,15 +111,23 @@ def main() -> None:
     parser.add_argument("--head-dims", default="64,128")
     parser.add_argument("--seqlens", default="4096")
     parser.add_argument("--direction", default="forward", choices=("forward", "backward"))
+    parser.add_argument("--generation", default="sm80", choices=sorted(GENERATIONS))
+    parser.add_argument("--with", dest="others", default="", help="backends or peers timed in the same rounds")
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     device = default_device()
     rows: list = []
-    sweep(args.direction, [int(d) for d in args.head_dims.split(",")], [int(s) for s in args.seqlens.split(",")],
-          device, rows)
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"device": device_description(device), "rows": rows}, f, indent=1)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    try:
+        sweep(args.generation, args.direction, [int(d) for d in args.head_dims.split(",")],
+              [int(s) for s in args.seqlens.split(",")], device, rows, [o for o in args.others.split(",") if o],
+              args.repeats)
+    finally:
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump({"device": device_description(device), "date": started, "versions": versions(),
+                           "command": " ".join(sys.argv), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_shared_memory_regions(dump, block_m, block_n, head_dim, stages):
         assert start + size <= next_start
     assert all(start % 1024 == 0 for start, _ in regions[:-1])
     assert c["barriers"] + 8 * c["num_barriers"] + 1024 <= c["bytes"]            # the alignment slack
-    assert sorted(c["barrier_index"]) == list(range(1 + 4 * stages))
+    assert sorted(c["barrier_index"]) == list(range(2 + 4 * stages))
 
 
 def test_chosen_tiles_fit_and_d256_uses_64_key_tiles():
@@ -253,17 +253,25 @@ FEATURES = {"plain": {}, "window": dict(window=(128, 0), causal=True), "window_t
 
 
 def compile_matrix() -> dict:
-    descs = {}
+    """Every dtype x head dim x causal x rung, and each mask / score feature at every head dim under the
+    default rung and the fastest one (pingpong: the most registers live)."""
+    descs = []
     for dtype in ("f16", "bf16"):
         for head_dim in tiles.HEAD_DIMS:
             for causal in (False, True):
-                descs[f"{dtype}-d{head_dim}-causal{int(causal)}"] = _desc(dtype=dtype, head_dim=head_dim, causal=causal)
+                for rung in sm90a.RUNGS:
+                    descs.append((f"{dtype}-d{head_dim}-causal{int(causal)}-{rung}",
+                                  _desc(dtype=dtype, head_dim=head_dim, causal=causal), rung))
     for name, extra in FEATURES.items():
         for head_dim in tiles.HEAD_DIMS:
-            descs[f"{name}-d{head_dim}"] = _desc(head_dim=head_dim, **extra)
+            for rung in sorted({sm90a.RUNG, "pingpong"}):
+                descs.append((f"{name}-d{head_dim}-{rung}", _desc(head_dim=head_dim, **extra), rung))
     keys = {}
-    for label, desc in descs.items():          # one compile per distinct kernel
-        key = NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90)
+    for label, desc, rung in descs:          # one compile per distinct kernel
+        # the rung the problem gets when `rung` is the default (choose_rung keeps "tma" where an
+        # overlapped kernel would spill)
+        chosen = "tma" if rung != "tma" and sm90a._overlap_spills(desc) else rung
+        key = NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90, {"rung": chosen})
         keys.setdefault(key.name, (label, desc, key))
     return keys
 
@@ -286,12 +294,14 @@ def compiled() -> dict:
     return out
 
 
-def test_the_matrix_covers_every_dtype_head_dim_and_feature():
-    assert len(MATRIX) >= 25
+def test_the_matrix_covers_every_dtype_head_dim_feature_and_rung():
+    assert len(MATRIX) >= 60
     keys = [key for _, _, key in MATRIX.values()]
     assert {k.dtype for k in keys} == {"f16", "bf16"} and {k.head_dim for k in keys} == set(tiles.HEAD_DIMS)
+    assert {k.rung for k in keys} == set(sm90a.RUNGS)
     for feature in ("causal", "window", "sink_tokens", "sink_logits", "alibi", "softcap"):
         assert {getattr(k, feature) for k in keys} == {False, True}, feature
+        assert {k.rung for k in keys if getattr(k, feature)} >= {sm90a.RUNG, "pingpong"}, feature
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -317,14 +327,22 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     hgmma = [line for line in sass if line.startswith("HGMMA")]
     ss = [line for line in hgmma if "gdesc" in line and not re.search(r"HGMMA\S* R\d+, R\d+, gdesc", line)]
     rs = [line for line in hgmma if re.search(r"HGMMA\S* R\d+, R\d+, gdesc\[UR\d+\]\.tnspB", line)]
-    assert len(ss) == head_dim // 16 and all(f"HGMMA.64x{block_n}x16.F32{suffix} " in line for line in ss)
-    assert len(rs) == block_n // 16 and all(f"HGMMA.64x{head_dim}x16.F32{suffix} " in line for line in rs)
+    # The overlapped rungs issue S for tile 0 before the loop and the last P V after it: each GEMM twice.
+    copies = 1 if key.rung == "tma" else 2
+    assert len(ss) == copies * head_dim // 16 and all(f"HGMMA.64x{block_n}x16.F32{suffix} " in line for line in ss)
+    assert len(rs) == copies * block_n // 16 and all(f"HGMMA.64x{head_dim}x16.F32{suffix} " in line for line in rs)
     assert len(ss) + len(rs) == len(hgmma)
+    # Ping-pong: three turns (tile 0, the loop, the last P V), each a sync on the consumer's own turn
+    # barrier and a hand-over arrive, plus consumer 1's first hand-over; no other rung arrives.
+    bars = {op: n for op, n in ops.items() if op.startswith("BAR.")}
+    turns = 3 if key.rung == "pingpong" else 0
+    assert bars.get("BAR.ARV", 0) == (turns + 1 if turns else 0)
+    assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 2 + turns       # __syncthreads, the staging barrier
     expected = {"UTMALDG.4D": 3 * panels,          # Q, K, V: one box per 64-column panel
                 "UTMASTG.4D": panels, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
-    assert ops.get("SYNCS.EXCH.64", 0) == 1 + 4 * key.stages                  # mbarrier.init of the ring
+    assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages                  # mbarrier.init: Q's two, the ring's
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
     assert not [op for op in ops if op.startswith(("LDL", "STL"))] and info.spill_bytes == 0
     assert info.stack_bytes == 0
@@ -520,6 +538,53 @@ def test_listed_after_sm80_and_nameable():
     assert names.index(NAME) == names.index("nvrtc.sm80") + 1
     assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == "tma"
     assert sm90a.GENERATION.verification == Path(sm90a.__file__).with_name("verified.json")
+
+
+def test_each_rung_is_its_own_kernel_named_in_the_key_and_the_sku(monkeypatch):
+    nvrtc_or_skip()
+    backend = NvrtcBackend(sm90a.GENERATION)
+    names = set()
+    for rung in sm90a.RUNGS:
+        monkeypatch.setenv(sm90a.RUNG_VARIABLE, rung)
+        key = backend.dispatch_key(GATED, SM90)
+        assert key.rung == rung and f"_{rung}_" in key.name
+        assert key.defines()[f"RUNG_{rung.upper()}"] == 1
+        assert not any(k.startswith("RUNG_") and k != f"RUNG_{rung.upper()}" for k in key.defines())
+        names.add(key.name)
+        # a pinned config names the rung, whatever the variable says
+        monkeypatch.setenv(sm90a.RUNG_VARIABLE, "tma")
+        assert backend.dispatch_key(GATED, SM90, {"rung": rung}).rung == rung
+    assert len(names) == len(sm90a.RUNGS)
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE)
+    assert backend.dispatch_key(GATED, SM90).rung == sm90a.RUNG
+    plan = Plan.select(GATED, "sm_90", prefer=NAME, restrict=True)
+    assert plan.sku.config_dict["rung"] == sm90a.RUNG and plan.sku.kernel.endswith(f"_{sm90a.RUNG}_causal_sm90a")
+
+
+def test_an_unknown_rung_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "turbo")
+    verdict = explain(GATED, "sm_90", prefer=NAME).of(NAME)
+    assert not verdict.accepted
+    assert any("ATTNPLAN_SM90A_RUNG='turbo'" in r and "pingpong" in r for r in verdict.reasons), verdict.reasons
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE)
+    with pytest.raises(ValueError, match=r"rung='turbo': the sm90a generation's rungs are 'tma', 'overlap', 'pingpong'"):
+        NvrtcBackend(sm90a.GENERATION).dispatch_key(GATED, SM90, {"rung": "turbo"})
+    from attnplan.backends.nvrtc import sm80
+    with pytest.raises(ValueError, match="rung='tma': the sm80 generation's rungs are none"):
+        NvrtcBackend(sm80.GENERATION).dispatch_key(GATED, Device.cuda(arch=80), {"rung": "tma"})
+
+
+def test_the_gate_names_the_rung_a_problem_gets(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    record = tmp_path / "verified.json"
+    record.write_text(json.dumps({"rungs": {"tma": {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
+    backend = registry.get(NAME)
+    monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "tma")
+    assert explain(GATED, "sm_90").of(NAME).accepted
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "pingpong")
+    verdict = explain(GATED, "sm_90").of(NAME)
+    assert not verdict.accepted and "not verified on a GPU yet (rung 'pingpong')" in verdict.reasons[0]
 
 
 def test_the_record_is_well_formed():

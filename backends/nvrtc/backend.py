@@ -42,6 +42,7 @@ class NvrtcBackend(Backend):
             try:
                 generation.choose_tiles(desc, device.arch)
                 generation.choose_dq_tiles(desc, device.arch)
+                generation.rung(desc, device.arch)
             except ValueError as exc:
                 reasons.append(str(exc))
         return reasons
@@ -50,7 +51,10 @@ class NvrtcBackend(Backend):
         record = self.generation.verification
         if record is None or device.arch is None:
             return []
-        rung = self.generation.rung(desc, device.arch)
+        try:
+            rung = self.generation.rung(desc, device.arch)
+        except ValueError:
+            return []          # reasons() rejects the problem with this error
         if rung in verified_rungs(record):
             return []
         return [f"not verified on a GPU yet (rung {rung!r}): the planner does not choose it; opt in with "
@@ -90,7 +94,7 @@ class NvrtcBackend(Backend):
         generation = self.generation
         tiles = generation.choose_tiles(desc, device.arch)
         dq_tiles = generation.choose_dq_tiles(desc, device.arch)
-        if config:
+        if config and "block_m" in config:
             tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
             generation.check_tiles(desc.direction, tiles)
             if dq_tiles is not None and "dq_block_m" in config:
@@ -98,8 +102,12 @@ class NvrtcBackend(Backend):
         stages = generation.choose_stages(desc, device.arch, tiles)
         if config and "stages" in config:
             stages = int(config["stages"])
+        rung = generation.rung(desc, device.arch)
+        if config and "rung" in config:
+            rung = str(config["rung"])
+            generation.check_rung(rung)
         return DispatchKey.for_problem(desc, generation.name, generation.compile_arch(device.arch), tiles, dq_tiles,
-                                       stages)
+                                       stages, rung)
 
     def kernel_name(self, desc: AttentionDescriptor, device: Device) -> str:
         return self.dispatch_key(desc, device).name
@@ -129,7 +137,8 @@ class NvrtcBackend(Backend):
         cubin, _ = compiler.compile_key(key, generation=generation)
         module = generation.module(key.direction)
         runner = module.runner(desc, key, cubin, shared, device, module.params)
-        built = {**key.tiles.as_dict(), "stages": key.stages, **shared, **pins}
+        built = {**key.tiles.as_dict(), "stages": key.stages, **({"rung": key.rung} if key.rung else {}), **shared,
+                 **pins}
         if key.dq_tiles is not None:
             d = key.dq_tiles
             built.update({"dq_block_m": d.block_m, "dq_block_n": d.block_n, "dq_num_warps": d.num_warps})

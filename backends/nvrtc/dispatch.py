@@ -57,26 +57,31 @@ class DispatchKey:
     # Buffers of the streamed tiles (2: double-buffered loads): the backward's query-side tiles,
     # the forward's K tile.
     stages: int = 1
+    # The generation's variant of the same kernel (Generation.rungs: sm90a's "tma", "overlap",
+    # "pingpong"); "" for a generation with one.  Compiled as RUNG_<NAME>=1.
+    rung: str = ""
 
     @classmethod
     def for_problem(cls, desc: AttentionDescriptor, generation: str, arch: str, tiles: TileConfig,
-                    dq_tiles: Optional[TileConfig] = None, stages: int = 1) -> "DispatchKey":
+                    dq_tiles: Optional[TileConfig] = None, stages: int = 1, rung: str = "") -> "DispatchKey":
         deterministic = desc.direction == "backward" and desc.deterministic
         return cls(generation=generation, arch=arch, direction=desc.direction, dtype=desc.dtype,
                    head_dim=desc.head_dim, head_dim_v=desc.head_dim_v, tiles=tiles, causal=desc.causal,
                    window=desc.has_window, sink_tokens=desc.sink_tokens > 0, sink_logits=desc.sink_logits,
                    alibi=desc.alibi, softcap=desc.softcap > 0, varlen=desc.varlen,
                    paged=desc.paged is not None, dropout=desc.dropout_p > 0, deterministic=deterministic,
-                   dq_tiles=dq_tiles if deterministic else None, stages=stages)
+                   dq_tiles=dq_tiles if deterministic else None, stages=stages, rung=rung)
 
     @property
     def name(self) -> str:
-        """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[s<stages>][_<feature>...][_dqm<bm>n<bn>w<warps>]_<arch>
+        """attn_<gen>_<dir>_<dtype>_d<qk>x<v>_m<bm>n<bn>w<warps>[s<stages>][_<rung>][_<feature>...][_dqm<bm>n<bn>w<warps>]_<arch>
         (s<stages>: double-buffered query tiles (backward) or K tiles (forward); dqm...: the deterministic dQ kernel's tile)"""
         t = self.tiles
         stages = f"s{self.stages}" if self.stages > 1 else ""
         parts = [f"attn_{self.generation}", "fwd" if self.direction == "forward" else "bwd", self.dtype,
                  f"d{self.head_dim}x{self.head_dim_v}", f"m{t.block_m}n{t.block_n}w{t.num_warps}{stages}"]
+        if self.rung:
+            parts.append(self.rung)
         parts += [fragment for field, _, fragment in _FEATURES if getattr(self, field)]
         if self.dq_tiles is not None:
             d = self.dq_tiles
@@ -92,6 +97,8 @@ class DispatchKey:
         macros.update({macro: int(getattr(self, field)) for field, macro, _ in _FEATURES
                        if self.direction == "backward" or field != "deterministic"})
         macros["KV_STAGES"] = self.stages
+        if self.rung:
+            macros[f"RUNG_{self.rung.upper()}"] = 1
         if self.dq_tiles is not None:
             macros.update({"DQ_BLOCK_M": self.dq_tiles.block_m, "DQ_BLOCK_N": self.dq_tiles.block_n,
                            "DQ_NUM_WARPS": self.dq_tiles.num_warps})

@@ -80,6 +80,8 @@ class Generation:
     # {rung: {"device", "date", "results"}}}, written by the GPU run) lists that rung.  None: verified.
     verification: Optional[Path] = None
     rung: Callable[[AttentionDescriptor, int], str] = lambda desc, arch: ""
+    # Every rung a pinned config (a SKU's "rung") may name; () for a generation of one variant.
+    rungs: tuple = ()
 
     def __attrs_post_init__(self):
         if "backward" in self.capabilities.directions and self.backward is None:
@@ -119,6 +121,12 @@ class Generation:
         if "dq_shared_memory_bytes" in shared:
             defines["ATTN_EXPECTED_DQ_SMEM_BYTES"] = shared["dq_shared_memory_bytes"]
         return defines
+
+    def check_rung(self, rung: str) -> None:
+        """ValueError unless `rung` is one of this generation's variants."""
+        if rung not in (self.rungs or ("",)):
+            allowed = ", ".join(repr(r) for r in self.rungs) if self.rungs else "none (one variant)"
+            raise ValueError(f"rung={rung!r}: the {self.name} generation's rungs are {allowed}")
 
     def check_fits(self, shared: dict, arch: int, kernel: str) -> None:
         """ValueError when a (pinned) tile needs more dynamic shared memory than sm_`arch` gives a block."""

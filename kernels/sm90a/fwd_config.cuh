@@ -10,6 +10,23 @@
 #define KV_STAGES 2
 #endif
 
+// The rung (backends/nvrtc/sm90a/__init__.py RUNGS): RUNG_<NAME> defined to 1; "tma" when none is.
+#ifndef RUNG_TMA
+#define RUNG_TMA 0
+#endif
+#ifndef RUNG_OVERLAP
+#define RUNG_OVERLAP 0
+#endif
+#ifndef RUNG_PINGPONG
+#define RUNG_PINGPONG 0
+#endif
+#ifndef RUNG_PERSISTENT
+#define RUNG_PERSISTENT 0
+#endif
+#if RUNG_TMA + RUNG_OVERLAP + RUNG_PINGPONG + RUNG_PERSISTENT > 1
+#error "one rung at a time: RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
+#endif
+
 #if IS_VARLEN || IS_PAGED || HAS_DROPOUT
 #error "the sm90a forward has no varlen, paged KV or dropout (backends/nvrtc/sm90a declines them)"
 #endif
@@ -31,13 +48,32 @@ constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
 
 // Register budgets after setmaxnreg (64K registers per SM, one CTA per SM): the producer keeps what a
 // loop of TMA issues needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S
-// kBlockN / 2, P kBlockN / 4).  128 * 40 + 256 * 232 = 64512 <= 65536.
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
+// kBlockN / 2, P kBlockN / 4).  128 * 24 + 256 * 240 = 64512 <= 65536.
+constexpr int kProducerRegisters = 24;
+constexpr int kConsumerRegisters = 240;
 constexpr int kRegisterFile = 65536;
 
-// Named barriers (0 is __syncthreads'): consumer w's staging barrier is 1 + w.
+// The mainloop's schedule (fwd_mainloop.cuh consume_tiles):
+//   kTma      each GEMM waited for before the softmax (the producer, the ring and setmaxnreg only);
+//   kOverlap  the softmax of key tile k overlaps S_k's successor GEMMs inside the warpgroup;
+//   kPingPong   kOverlap, and the two consumers take turns issuing GEMMs (named barriers);
+//   kPersistent kOverlap in a persistent grid: about one CTA per SM walks the work tiles
+//               (tile_scheduler.cuh), so that one tile's epilogue overlaps the next one's loads.
+enum class Rung { kTma, kOverlap, kPingPong, kPersistent };
+constexpr Rung kRung = RUNG_PERSISTENT ? Rung::kPersistent
+                       : RUNG_PINGPONG ? Rung::kPingPong
+                       : RUNG_OVERLAP  ? Rung::kOverlap
+                                       : Rung::kTma;
+constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
+// A persistent wave's K and V stay within this much L2 (tile_scheduler.cuh l2_wave_pairs): half the
+// H100 / H200's 50 MB, so that the wave's tiles and what other traffic there is fit together.
+constexpr long long kWaveL2Bytes = 24LL << 20;
+
+// Named barriers (0 is __syncthreads'): consumer w's staging barrier is 1 + w, its turn barrier
+// (kPingPong) 1 + kConsumers + w, each completed by kTurnThreads: one consumer syncing, the other arriving.
 constexpr unsigned kFirstConsumerBarrier = 1;
+constexpr unsigned kFirstTurnBarrier = kFirstConsumerBarrier + kConsumers;
+constexpr unsigned kTurnThreads = 2 * kWarpgroupThreads;
 
 static_assert(HEAD_DIM_V == HEAD_DIM, "the sm90a forward needs head_dim_v == head_dim");
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "HEAD_DIM: 64, 128 or 256");

@@ -34,8 +34,9 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const SharedTil
       tma_store_4d(o_map, smem.bytes(Layout::store_source(consumer, panel)), Layout::panel_column(panel), row_first,
                    w.h, w.b);
     bulk_commit_group();
-    bulk_wait_group_read<0>();  // the CTA's shared memory must outlive the store's reads
+    bulk_wait_group_read<0>();  // the staging rows (and the CTA's shared memory) must outlive the store's reads
   }
+  if (thread == 0) mbarrier_arrive(smem.barrier(Layout::q_empty()));  // the next work tile's Q may land
 }
 
 // This thread's two rows' LSE (one thread of each quad writes; rows past seqlen_q are skipped).

@@ -62,8 +62,9 @@ struct FwdLayout {
   static constexpr unsigned kK = kQ + kQBytes;
   static constexpr unsigned kV = kK + Stages * kKVTileBytes;
   static constexpr unsigned kBarriers = kV + Stages * kKVTileBytes;
-  // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s].
-  static constexpr int kNumBarriers = 1 + 4 * Stages;
+  // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s], then q_empty (a persistent CTA's next
+  // Q waits for the epilogue, which stages the output in Q's rows, to have been stored).
+  static constexpr int kNumBarriers = 2 + 4 * Stages;
   static constexpr unsigned kBarrierRegionBytes = round_up_bytes(kNumBarriers * kBarrierBytes, 128);
   static constexpr unsigned kBytes = kBarriers + kBarrierRegionBytes + kTileAlignment;
 
@@ -79,6 +80,7 @@ struct FwdLayout {
   __host__ __device__ static constexpr int k_empty(int stage) { return 1 + Stages + stage; }
   __host__ __device__ static constexpr int v_full(int stage) { return 1 + 2 * Stages + stage; }
   __host__ __device__ static constexpr int v_empty(int stage) { return 1 + 3 * Stages + stage; }
+  __host__ __device__ static constexpr int q_empty() { return 1 + 4 * Stages; }
 
   // The destination of TMA box `panel` (columns 64 panel ..) of a tile of `rows` rows, from the tile's start.
   __host__ __device__ static constexpr unsigned panel(int rows, int p) { return p * rows * kPanelRowBytes; }

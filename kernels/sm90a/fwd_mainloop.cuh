@@ -35,19 +35,25 @@ __device__ __forceinline__ const TmaDescriptor* tensor_map(const unsigned char (
   return reinterpret_cast<const TmaDescriptor*>(bytes);
 }
 
-// What one CTA computes: query rows m0 .. m0 + kBlockM - 1 of head h (kv head hkv) of sequence b,
-// against the key tiles of `tiles`.
+// One work tile: query rows m0 .. m0 + kBlockM - 1 of head h (kv head hkv) of sequence b, against the
+// key tiles of `tiles`.  `ring` is the ring iteration of its first key tile and `round` the how-many-th
+// work tile of the CTA it is (both 0 unless the CTA is persistent): the producer and the consumers
+// count them alike, so every barrier phase follows from them.
 struct TileWork {
   int m0;
   int h;
   int hkv;
   int b;
   KeyTileRange tiles;
+  int ring;
+  int round;
 };
 
-// Full barriers count the producer's one arrive (plus the TMA bytes); empty ones every consumer thread.
+// Full barriers count the producer's one arrive (plus the TMA bytes); the ring's empty ones every
+// consumer thread; q_empty one thread of each consumer (once its output store has read the staging rows).
 __device__ __forceinline__ void init_barriers(const SharedTiles& smem) {
   mbarrier_init(smem.barrier(Layout::q_full()), 1);
+  mbarrier_init(smem.barrier(Layout::q_empty()), kConsumers);
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
     mbarrier_init(smem.barrier(Layout::k_full(s)), 1);
@@ -70,18 +76,25 @@ __device__ __forceinline__ void load_tile(unsigned char* dst, const TmaDescripto
     tma_load_4d(dst + Layout::panel(Rows, panel), map, full, Layout::panel_column(panel), row0, head, batch);
 }
 
+__device__ __forceinline__ void prefetch_tensor_maps(const FwdParams& p) {
+  prefetch_tensormap(tensor_map(p.q_map));
+  prefetch_tensormap(tensor_map(p.k_map));
+  prefetch_tensormap(tensor_map(p.v_map));
+  prefetch_tensormap(tensor_map(p.o_map));
+}
+
+// Q's barriers complete once per work tile: round r waits for phase r & 1 (the ring's rule, one buffer).
+__device__ __forceinline__ PipelineState q_state(const TileWork& w) { return pipeline_state(w.round, 1); }
+
 __device__ __forceinline__ void produce(const FwdParams& p, const SharedTiles& smem, const TileWork& w) {
   const TmaDescriptor* q_map = tensor_map(p.q_map);
   const TmaDescriptor* k_map = tensor_map(p.k_map);
   const TmaDescriptor* v_map = tensor_map(p.v_map);
-  prefetch_tensormap(q_map);
-  prefetch_tensormap(k_map);
-  prefetch_tensormap(v_map);
-  prefetch_tensormap(tensor_map(p.o_map));
+  mbarrier_wait_parity(smem.barrier(Layout::q_empty()), producer_wait_parity(q_state(w)));
   load_tile<kBlockM>(smem.bytes(Layout::kQ), q_map, smem.barrier(Layout::q_full()), Layout::kQBytes, w.m0, w.h, w.b);
   const int num_tiles = w.tiles.count();
   for (int k = 0; k < num_tiles; ++k) {
-    const PipelineState st = pipeline_state(k, kStages);
+    const PipelineState st = pipeline_state(w.ring + k, kStages);
     const int key0 = w.tiles.tile(k) * kBlockN;
     mbarrier_wait_parity(smem.barrier(Layout::k_empty(st.stage)), producer_wait_parity(st));
     load_tile<kBlockN>(smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
@@ -95,26 +108,37 @@ __device__ __forceinline__ void produce(const FwdParams& p, const SharedTiles& s
 // -- The consumer's GEMMs (one warpgroup, 64 query rows) -------------------------------------------
 
 // S = Q K^T: Q (this consumer's rows) and K both K-major in shared memory, one m64n<kBlockN>k16 per
-// 16 columns of the head dim; returns once the accumulators are final.
-__device__ __forceinline__ void qk_gemm(float (&s)[kBlockN / 2], unsigned long long q_desc, int consumer,
-                                        unsigned long long k_desc) {
-  wgmma_fence();
+// 16 columns of the head dim, issued (not committed: the caller commits, so it may group or wait).
+__device__ __forceinline__ void issue_qk(float (&s)[kBlockN / 2], unsigned long long q_desc, int consumer,
+                                         unsigned long long k_desc) {
 #pragma unroll
   for (int kk = 0; kk < kQKSteps; ++kk)
     wgmma_ss<kBlockN, in_t>(s, descriptor_advance(q_desc, Layout::q_k_step(consumer, kk)),
                             descriptor_advance(k_desc, Layout::k_k_step(kk)), kk > 0);
+}
+
+// O += P V: P from registers (A fragments), V MN-major (head dim contiguous: TransB = 1); issued.
+__device__ __forceinline__ void issue_pv(float (&o)[kHeadDim / 2], const unsigned (&pf)[kPSteps][4],
+                                         unsigned long long v_desc) {
+#pragma unroll
+  for (int kk = 0; kk < kPSteps; ++kk)
+    wgmma_rs<kHeadDim, in_t, 1>(o, pf[kk], descriptor_advance(v_desc, Layout::v_k_step(kk)), 1);
+}
+
+// One GEMM as its own group, waited for: returns once the accumulators are final.
+__device__ __forceinline__ void qk_gemm(float (&s)[kBlockN / 2], unsigned long long q_desc, int consumer,
+                                        unsigned long long k_desc) {
+  wgmma_fence();
+  issue_qk(s, q_desc, consumer, k_desc);
   wgmma_commit_group();
   wgmma_wait_group<0>();
   fence_accumulator(s);
 }
 
-// O += P V: P from registers (A fragments), V MN-major (head dim contiguous: TransB = 1).
 __device__ __forceinline__ void pv_gemm(float (&o)[kHeadDim / 2], const unsigned (&pf)[kPSteps][4],
                                         unsigned long long v_desc) {
   wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < kPSteps; ++kk)
-    wgmma_rs<kHeadDim, in_t, 1>(o, pf[kk], descriptor_advance(v_desc, Layout::v_k_step(kk)), 1);
+  issue_pv(o, pf, v_desc);
   wgmma_commit_group();
   wgmma_wait_group<0>();
   fence_accumulator(o);
@@ -138,39 +162,166 @@ struct ScoreRules {
   int row_last;
 };
 
-// Every key tile of `w` for consumer `consumer` (thread `thread` of its warpgroup): wait K, S = Q K^T,
-// release K, modifiers and mask, the online softmax (O rescaled), P, wait V, O += P V, release V.
-__device__ __forceinline__ void consume_tiles(const SharedTiles& smem, const TileWork& w, int consumer, int thread,
-                                              const ScoreRules& rules, float (&o)[kHeadDim / 2],
-                                              OnlineSoftmax<kAccumulatorMTiles>& softmax) {
+// The descriptors of stage `stage`'s K tile (K-major, B of S = Q K^T) and V tile (MN-major, B of O += P V).
+__device__ __forceinline__ unsigned long long k_descriptor(const SharedTiles& smem, int stage) {
+  return encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(Layout::k_tile(stage)), kBlockN));
+}
+__device__ __forceinline__ unsigned long long v_descriptor(const SharedTiles& smem, int stage) {
+  return encode_descriptor(mn_major_tile_fields(kTileSwizzle, smem.address(Layout::v_tile(stage)), kBlockN));
+}
+
+// Key tile `tile`'s scores, in place: the score modifiers, then the mask where the tile needs one.
+__device__ __forceinline__ void score_tile(float (&s)[kBlockN / 2], int tile, int thread, const ScoreRules& rules) {
+  auto& scores = as_fragment(s);
+  const WgmmaRowsC at = WgmmaRowsC::at(thread, rules.row_first, tile * kBlockN);
+  if constexpr (kScoresInLog2) apply_score_mods(scores, at, rules.mods, rules.mask.off);
+  if (tile_needs_mask(tile, kBlockN, rules.row_first, rules.row_last, rules.mask)) apply_mask(scores, at, rules.mask);
+}
+
+// Rung "tma": every key tile of `w` for consumer `consumer` (thread `thread` of its warpgroup), each
+// GEMM waited for before the next step: wait K, S = Q K^T, release K, modifiers and mask, the online
+// softmax (O rescaled), P, wait V, O += P V, release V.
+__device__ __forceinline__ void consume_tiles_serial(const SharedTiles& smem, const TileWork& w, int consumer,
+                                                     int thread, const ScoreRules& rules, float (&o)[kHeadDim / 2],
+                                                     OnlineSoftmax<kAccumulatorMTiles>& softmax) {
   const unsigned long long q_desc = encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(0), kBlockM));
-  mbarrier_wait_parity(smem.barrier(Layout::q_full()), 0);
+  mbarrier_wait_parity(smem.barrier(Layout::q_full()), consumer_wait_parity(q_state(w)));
   const int num_tiles = w.tiles.count();
   for (int k = 0; k < num_tiles; ++k) {
-    const PipelineState st = pipeline_state(k, kStages);
+    const PipelineState st = pipeline_state(w.ring + k, kStages);
     const int tile = w.tiles.tile(k);
 
     float s[kBlockN / 2];
-    const unsigned long long k_desc =
-        encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(Layout::k_tile(st.stage)), kBlockN));
     mbarrier_wait_parity(smem.barrier(Layout::k_full(st.stage)), consumer_wait_parity(st));
-    qk_gemm(s, q_desc, consumer, k_desc);
+    qk_gemm(s, q_desc, consumer, k_descriptor(smem, st.stage));
     mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
 
-    auto& scores = as_fragment(s);
-    const WgmmaRowsC at = WgmmaRowsC::at(thread, rules.row_first, tile * kBlockN);
-    if constexpr (kScoresInLog2) apply_score_mods(scores, at, rules.mods, rules.mask.off);
-    if (tile_needs_mask(tile, kBlockN, rules.row_first, rules.row_last, rules.mask)) apply_mask(scores, at, rules.mask);
-    softmax.update(scores, as_fragment(o), rules.exp_scale);
+    score_tile(s, tile, thread, rules);
+    softmax.update(as_fragment(s), as_fragment(o), rules.exp_scale);
     unsigned pf[kPSteps][4];
     pack_p(s, pf);
 
-    const unsigned long long v_desc =
-        encode_descriptor(mn_major_tile_fields(kTileSwizzle, smem.address(Layout::v_tile(st.stage)), kBlockN));
     mbarrier_wait_parity(smem.barrier(Layout::v_full(st.stage)), consumer_wait_parity(st));
-    pv_gemm(o, pf, v_desc);
+    pv_gemm(o, pf, v_descriptor(smem, st.stage));
     mbarrier_arrive(smem.barrier(Layout::v_empty(st.stage)));
   }
+}
+
+// The ping-pong schedule of the two consumer warpgroups (rung "pingpong"): a consumer issues its GEMMs
+// only in its turn, and hands the turn over once they are issued, so that the tensor cores run one
+// warpgroup's GEMMs while the other computes its softmax.  Turn barrier of consumer c: named barrier
+// kFirstTurnBarrier + c, completed by c's 128 threads syncing and the other consumer's 128 arriving.
+// Consumer 1 hands consumer 0 the first turn; every consumer takes the same number of turns (one per
+// key tile plus the last P V), and consumer 1 does not hand over after its last turn, so that every
+// arrival is matched by a sync and no barrier is left part-way when the CTA exits.  With kEnabled
+// false (bisecting) every call is a no-op.
+template <bool kEnabled>
+struct ConsumerTurns {
+  int consumer;
+
+  __device__ __forceinline__ void begin() const {
+    if (kEnabled && consumer == 1) hand_over();
+  }
+  __device__ __forceinline__ void wait_turn() const {
+    if (kEnabled) named_barrier_sync(kFirstTurnBarrier + consumer, kTurnThreads);
+  }
+  __device__ __forceinline__ void end_turn(bool last) const {
+    if (kEnabled && !(last && consumer == 1)) hand_over();
+  }
+
+ private:
+  __device__ __forceinline__ void hand_over() const {
+    named_barrier_arrive(kFirstTurnBarrier + (1 - consumer), kTurnThreads);
+  }
+};
+
+// Rung "pingpong": the same tiles as consume_tiles_serial, with the softmax of key tile k overlapping
+// GEMMs (FlashAttention-3's intra-warpgroup overlap) and the turns of ConsumerTurns.  Per key tile
+// k >= 1, in the consumer's turn: issue S_k = Q K_k^T, then O += P_{k-1} V_{k-1} (two wgmma groups),
+// hand the turn over; wait for S_k only (wait_group 1), release K_k, modifiers, mask, the softmax's
+// maxima and exponentials; then wait for P V, release V_{k-1}, rescale O by the new maxima's
+// correction and pack P_k.  Tile 0 has only its S; the last P V follows the loop.  The ring is the
+// same: K_k and V_{k-1} are in different buffers whenever kStages >= 2.
+template <bool kPingPong>
+__device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem, const TileWork& w, int consumer,
+                                                         int thread, const ScoreRules& rules,
+                                                         float (&o)[kHeadDim / 2],
+                                                         OnlineSoftmax<kAccumulatorMTiles>& softmax) {
+  static_assert(kStages >= 2, "the overlapped mainloop holds K_k and V_(k-1) at once: two buffers at least");
+  // Q must have landed even when no key tile is visible: the epilogue stages the output in its rows.
+  mbarrier_wait_parity(smem.barrier(Layout::q_full()), consumer_wait_parity(q_state(w)));
+  const int num_tiles = w.tiles.count();
+  if (num_tiles == 0) return;  // the same for both consumers: no turn is taken
+  const unsigned long long q_desc = encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(0), kBlockM));
+  const ConsumerTurns<kPingPong> turns{consumer};
+  constexpr int kRows = OnlineSoftmax<kAccumulatorMTiles>::kRows;
+  float max_scaled[kRows], correction[kRows];
+  unsigned pf[kPSteps][4];
+  turns.begin();
+  {
+    const PipelineState st = pipeline_state(w.ring, kStages);
+    float s[kBlockN / 2];
+    mbarrier_wait_parity(smem.barrier(Layout::k_full(st.stage)), consumer_wait_parity(st));
+    turns.wait_turn();
+    wgmma_fence();
+    issue_qk(s, q_desc, consumer, k_descriptor(smem, st.stage));
+    wgmma_commit_group();
+    turns.end_turn(false);
+    wgmma_wait_group<0>();
+    fence_accumulator(s);
+    mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
+    score_tile(s, w.tiles.tile(0), thread, rules);
+    softmax.max_step(as_fragment(s), rules.exp_scale, max_scaled, correction);  // O is 0: no rescale
+    softmax.exp_step(as_fragment(s), rules.exp_scale, max_scaled, correction);
+    pack_p(s, pf);
+  }
+  for (int k = 1; k < num_tiles; ++k) {
+    const PipelineState st = pipeline_state(w.ring + k, kStages);
+    const PipelineState prev = pipeline_state(w.ring + k - 1, kStages);
+    float s[kBlockN / 2];
+    mbarrier_wait_parity(smem.barrier(Layout::k_full(st.stage)), consumer_wait_parity(st));
+    mbarrier_wait_parity(smem.barrier(Layout::v_full(prev.stage)), consumer_wait_parity(prev));
+    turns.wait_turn();
+    wgmma_fence();
+    issue_qk(s, q_desc, consumer, k_descriptor(smem, st.stage));
+    wgmma_commit_group();
+    issue_pv(o, pf, v_descriptor(smem, prev.stage));
+    wgmma_commit_group();
+    turns.end_turn(false);
+    wgmma_wait_group<1>();
+    fence_accumulator(s);
+    mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
+    score_tile(s, w.tiles.tile(k), thread, rules);
+    softmax.max_step(as_fragment(s), rules.exp_scale, max_scaled, correction);
+    softmax.exp_step(as_fragment(s), rules.exp_scale, max_scaled, correction);
+    wgmma_wait_group<0>();
+    fence_accumulator(o);
+    mbarrier_arrive(smem.barrier(Layout::v_empty(prev.stage)));
+    softmax.rescale(as_fragment(o), correction);
+    pack_p(s, pf);
+  }
+  const PipelineState last = pipeline_state(w.ring + num_tiles - 1, kStages);
+  mbarrier_wait_parity(smem.barrier(Layout::v_full(last.stage)), consumer_wait_parity(last));
+  turns.wait_turn();
+  wgmma_fence();
+  issue_pv(o, pf, v_descriptor(smem, last.stage));
+  wgmma_commit_group();
+  turns.end_turn(true);
+  wgmma_wait_group<0>();
+  fence_accumulator(o);
+  mbarrier_arrive(smem.barrier(Layout::v_empty(last.stage)));
+}
+
+// The rung's mainloop (fwd_config.cuh kRung).
+__device__ __forceinline__ void consume_tiles(const SharedTiles& smem, const TileWork& w, int consumer, int thread,
+                                              const ScoreRules& rules, float (&o)[kHeadDim / 2],
+                                              OnlineSoftmax<kAccumulatorMTiles>& softmax) {
+  if constexpr (kRung == Rung::kPingPong)
+    consume_tiles_overlapped<true>(smem, w, consumer, thread, rules, o, softmax);
+  else if constexpr (kRung == Rung::kOverlap || kRung == Rung::kPersistent)
+    consume_tiles_overlapped<false>(smem, w, consumer, thread, rules, o, softmax);
+  else
+    consume_tiles_serial(smem, w, consumer, thread, rules, o, softmax);
 }
 
 }  // namespace sm90a

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The sm90a forward's GPU ladder, in one call on the lent H200 (from the repository root):
 #   1. install (the carried .whl wheels, the package editable), the device and NVRTC versions;
+#   then for each rung of $RUNGS (default "tma overlap pingpong", simplest first; $ATTNPLAN_SM90A_RUNG
+#   selects it), stopping at the first rung that fails:
 #   2. compile every kernel of the ladder in parallel (tests/gpu/sm90a_warm.py);
 #   3. the correctness ladder, simplest case first, against the float64 reference with NaN-poisoned
 #      outputs and the 2x rule (tests/gpu/test_sm90a_gpu.py, cases in sm90a_cases.py), stopping at
 #      the first failing case and printing it;
-#   4. if every case passed: compute-sanitizer memcheck on the small cases (tests/gpu/sm90a_memcheck.py);
-#   5. if every case passed: timing against cuDNN and PyTorch SDPA flash
-#      (attnplan bench, ATTNPLAN_UNVERIFIED=nvrtc.sm90a).
-# Logs under $OUT (7 files): ladder.log (summary), pytest.log, cases.jsonl (one line per case),
-# memcheck.log, bench.log, bench.json, bench.png.  Stage limits keep the whole under ~3 minutes:
-# LADDER_TIMEOUT, MEMCHECK_TIMEOUT, BENCH_TIMEOUT (seconds); BENCH_HEAD_DIMS, BENCH_SEQLENS.  Exit status: 0 only if every stage passed.
+#   4. compute-sanitizer memcheck and racecheck on the small cases (tests/gpu/sm90a_memcheck.py);
+#   then, if every rung passed:
+#   5. the rungs and K/V stages against cuDNN and PyTorch SDPA flash in the same rounds
+#      (bench/tile_sweep.py --generation sm90a, $SWEEP_HEAD_DIMS, $SWEEP_SEQLENS);
+#   6. the sweep of `attnplan bench` with the last rung of $RUNGS against cuDNN and PyTorch SDPA
+#      flash (ATTNPLAN_UNVERIFIED=nvrtc.sm90a; $BENCH_HEAD_DIMS, $BENCH_SEQLENS).
+# Logs under $OUT (8 files): ladder.log (summary), pytest.log, cases.jsonl (one line per case, every
+# rung), sanitizer.log, rungs.log, rungs.json, bench.log, bench.json.  Stage limits (seconds):
+# LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT.  Exit status: 0 only if every stage passed.
 #
 #   bash tests/gpu/sm90a_ladder.sh            (the device tool: carry .whl)
 set -uo pipefail
@@ -34,45 +39,61 @@ print('attnplan', attnplan.__version__, 'cupy', cupy.__version__, 'nvrtc', compi
 'kernels tree', compiler._tree_hash(str(compiler.kernels_dir()))[:16])" 2>&1 | tee -a "$LOG"
 say "installed: $(elapsed)"
 
-(cd tests/gpu && timeout 90 python3 sm90a_warm.py 90) > "$OUT/warm.tmp" 2>&1
-warm=$?
-tail -3 "$OUT/warm.tmp" | tee -a "$LOG"
-say "warm rc=$warm: $(elapsed)"
-if [ $warm -ne 0 ]; then grep -i -m 20 "failed\|error" "$OUT/warm.tmp" | tee -a "$LOG"; fi
-
-# A hung kernel (a barrier that never completes) ends its case after CASE_TIMEOUT, not the whole budget.
+RUNGS="${RUNGS:-tma overlap pingpong}"
 per_case=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${CASE_TIMEOUT:-30} --timeout-method thread")
-SM90A_RESULTS="$OUT/cases.jsonl" timeout "${LADDER_TIMEOUT:-110}" python3 -m pytest -x -q -p no:cacheprovider \
-  --tb=short -rA $per_case tests/gpu/test_sm90a_gpu.py > "$OUT/pytest.log" 2>&1
-ladder=$?
-total=$(python3 -c "import sys; sys.path.insert(0, 'tests/gpu'); from sm90a_cases import forward_cases; print(len(forward_cases()))")
-passed=$(grep -c '"passed": true' "$OUT/cases.jsonl" 2>/dev/null || echo 0)
-say "ladder rc=$ladder: $passed of $total cases passed: $(elapsed)"
-if [ $ladder -ne 0 ]; then
-  say "first failing case:"
-  grep -m 1 '"passed": false' "$OUT/cases.jsonl" 2>/dev/null | tee -a "$LOG"
-  grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -20 | tee -a "$LOG"
-  tail -25 "$OUT/pytest.log"
-  rm -f "$OUT"/*.tmp
-  exit 1
-fi
-tail -3 "$OUT/pytest.log" | tee -a "$LOG"
-
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-# --report-api-errors no: cuda-bindings' cuInit probes driver entry points with cuGetProcAddress, and each
-# probe that misses is a host API error (34 on the 2026-12-01 run), not a kernel's memory access.
-timeout "${MEMCHECK_TIMEOUT:-50}" "${SANITIZER:-compute-sanitizer}" --tool memcheck --report-api-errors no \
-  --error-exitcode 3 \
-  python3 tests/gpu/sm90a_memcheck.py > "$OUT/memcheck.log" 2>&1
-memcheck=$?
-say "memcheck rc=$memcheck: $(tail -2 "$OUT/memcheck.log" | tr '\n' ' ') $(elapsed)"
+total=$(python3 -c "import sys; sys.path.insert(0, 'tests/gpu'); from sm90a_cases import forward_cases; print(len(forward_cases()))")
+: > "$OUT/pytest.log"; : > "$OUT/sanitizer.log"; : > "$OUT/cases.jsonl"
+failed=0
+for rung in $RUNGS; do
+  export ATTNPLAN_SM90A_RUNG=$rung
+  (cd tests/gpu && timeout 90 python3 sm90a_warm.py 90) > "$OUT/warm.tmp" 2>&1
+  warm=$?
+  say "[$rung] warm rc=$warm: $(tail -1 "$OUT/warm.tmp") $(elapsed)"
+  if [ $warm -ne 0 ]; then grep -i -m 20 "failed\|error" "$OUT/warm.tmp" | tee -a "$LOG"; fi
 
-ATTNPLAN_UNVERIFIED=nvrtc.sm90a timeout "${BENCH_TIMEOUT:-60}" python3 -m attnplan.cli bench --directions forward \
-  --dtypes bf16 --head-dims "${BENCH_HEAD_DIMS:-64,128,256}" --seqlens "${BENCH_SEQLENS:-1024,4096}" --causal both \
-  --backends nvrtc.sm90a,cudnn --peers torch.flash --repeats 10 \
-  --output "$OUT/bench.json" --plot "$OUT/bench.png" > "$OUT/bench.log" 2>&1
-bench=$?
-say "bench rc=$bench: $(elapsed)"
-grep -E "TFLOP/s" "$OUT/bench.log" | tee -a "$LOG" | tail -30
+  # A hung kernel (a barrier that never completes) ends its case after CASE_TIMEOUT, not the whole budget.
+  before=$(grep -c '"passed": true' "$OUT/cases.jsonl")
+  SM90A_RESULTS="$OUT/cases.jsonl" timeout "${LADDER_TIMEOUT:-110}" python3 -m pytest -x -q -p no:cacheprovider \
+    --tb=short -rA $per_case tests/gpu/test_sm90a_gpu.py > "$OUT/pytest.tmp" 2>&1
+  ladder=$?
+  cat "$OUT/pytest.tmp" >> "$OUT/pytest.log"
+  passed=$(( $(grep -c '"passed": true' "$OUT/cases.jsonl") - before ))
+  say "[$rung] ladder rc=$ladder: $passed of $total cases passed: $(elapsed)"
+  if [ $ladder -ne 0 ]; then
+    say "[$rung] first failing case:"
+    grep -m 1 '"passed": false' "$OUT/cases.jsonl" 2>/dev/null | tee -a "$LOG"
+    grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.tmp" | head -20 | tee -a "$LOG"
+    tail -25 "$OUT/pytest.tmp"
+    failed=1; break
+  fi
+
+  # --report-api-errors no: cuda-bindings' cuInit probes driver entry points with cuGetProcAddress, and each
+  # probe that misses is a host API error (34 on the 2026-12-01 run), not a kernel's memory access.
+  for tool in memcheck racecheck; do
+    echo "== $rung $tool" >> "$OUT/sanitizer.log"
+    timeout "${SANITIZER_TIMEOUT:-60}" "${SANITIZER:-compute-sanitizer}" --tool $tool --report-api-errors no \
+      --error-exitcode 3 python3 tests/gpu/sm90a_memcheck.py >> "$OUT/sanitizer.log" 2>&1
+    rc=$?
+    say "[$rung] $tool rc=$rc: $(tail -2 "$OUT/sanitizer.log" | tr '\n' ' ') $(elapsed)"
+    [ $rc -eq 0 ] || failed=1
+  done
+  [ $failed -eq 0 ] || break
+done
 rm -f "$OUT"/*.tmp
-[ $ladder -eq 0 ] && [ $memcheck -eq 0 ] && [ $bench -eq 0 ]
+[ $failed -eq 0 ] || exit 1
+
+timeout "${SWEEP_TIMEOUT:-150}" python3 bench/tile_sweep.py --generation sm90a --head-dims "${SWEEP_HEAD_DIMS:-64,128,256}" \
+  --seqlens "${SWEEP_SEQLENS:-4096}" --with "${SWEEP_WITH:-}" --repeats 10 --output "$OUT/rungs.json" > "$OUT/rungs.log" 2>&1
+sweep=$?
+say "rung sweep rc=$sweep: $(elapsed)"
+grep "TFLOP/s\|WRONG\|failed" "$OUT/rungs.log" | tee -a "$LOG"
+
+ATTNPLAN_UNVERIFIED=nvrtc.sm90a timeout "${BENCH_TIMEOUT:-150}" python3 -m attnplan.cli bench --directions forward \
+  --dtypes bf16 --head-dims "${BENCH_HEAD_DIMS:-64,128,256}" --seqlens "${BENCH_SEQLENS:-2048,4096,8192,16384}" \
+  --causal both --backends nvrtc,cudnn --peers torch.flash,torch.cudnn --repeats 10 \
+  --output "$OUT/bench.json" --plot /tmp/bench.png > "$OUT/bench.log" 2>&1
+bench=$?
+say "bench ($ATTNPLAN_SM90A_RUNG) rc=$bench: $(elapsed)"
+grep -E "TFLOP/s|sm90a" "$OUT/bench.log" | tee -a "$LOG" | tail -40
+[ $sweep -eq 0 ] && [ $bench -eq 0 ]

@@ -85,7 +85,7 @@ void config(bool comma) {
   for (int s = 0; s < Stages; ++s) std::printf("%s%u", s ? ", " : "", L::k_tile(s));
   std::printf("], \"v_tiles\": [");
   for (int s = 0; s < Stages; ++s) std::printf("%s%u", s ? ", " : "", L::v_tile(s));
-  std::printf("], \"barrier_index\": [%d", L::q_full());
+  std::printf("], \"barrier_index\": [%d, %d", L::q_full(), L::q_empty());
   for (int s = 0; s < Stages; ++s) std::printf(", %d, %d, %d, %d", L::k_full(s), L::k_empty(s), L::v_full(s), L::v_empty(s));
   std::printf("], \"q_panels\": [");
   for (int p = 0; p < L::kPanels; ++p) std::printf("%s[%u, %d]", p ? ", " : "", L::panel(BlockM, p), L::panel_column(p));

@@ -11,6 +11,7 @@ paged KV, an additive bias, fp8, the bhsd and thd layouts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from attnplan.capabilities import Capabilities
@@ -21,7 +22,35 @@ from . import tiles
 from .runner import FORWARD_PARAMS, ForwardRunner, forward_entry_points
 
 VERIFICATION = Path(__file__).with_name("verified.json")
-RUNG = "tma"     # one producer warpgroup (TMA ring) + two consumer warpgroups, no intra-warpgroup overlap
+# The rungs, simplest first (kernels/sm90a/fwd_config.cuh Rung): "tma" is one producer warpgroup (the
+# TMA ring) and two consumer warpgroups that wait for each GEMM; "overlap" adds the intra-warpgroup
+# overlap of the softmax with the GEMMs; "pingpong" adds the consumers' turns on named barriers;
+# "persistent" is "overlap" in a persistent grid (about one CTA per SM walking the work tiles).
+RUNGS = ("tma", "overlap", "pingpong", "persistent")
+RUNG = "tma"                      # what a problem gets unless $ATTNPLAN_SM90A_RUNG names another
+# The fastest rung per head dim, by measurement (docs/fa3-notes.md); a problem gets it once verified.
+FASTEST_RUNG = {64: "persistent", 128: "persistent", 256: "pingpong"}
+RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
+
+
+# Where an overlapped rung needs more registers than the consumers' setmaxnreg budget (S_k, P_(k-1)
+# and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): those
+# problems keep rung "tma" unless $ATTNPLAN_SM90A_RUNG or a pinned config names another.
+def _overlap_spills(desc) -> bool:
+    return desc.head_dim == 256 and desc.alibi
+
+
+def choose_rung(desc, arch: int) -> str:
+    """The rung a problem gets: the one $ATTNPLAN_SM90A_RUNG names (an A/B or a bisection; "fastest":
+    FASTEST_RUNG's for the head dim) or RUNG; an overlapped rung that would spill gives way to "tma"
+    unless named."""
+    named = os.environ.get(RUNG_VARIABLE, "").strip()
+    if named and named not in RUNGS + ("fastest",):
+        raise ValueError(f"{RUNG_VARIABLE}={named!r}: the sm90a rungs are {', '.join(RUNGS)} (or 'fastest')")
+    if named and named != "fastest":
+        return named
+    rung = FASTEST_RUNG.get(desc.head_dim, RUNG) if named == "fastest" else RUNG
+    return "tma" if rung != "tma" and _overlap_spills(desc) else rung
 
 
 def _forward_shared_memory(key: DispatchKey) -> int:
@@ -44,7 +73,8 @@ GENERATION = Generation(
     check_tiles=tiles.check_tiles,
     arch_suffix="a",
     verification=VERIFICATION,
-    rung=lambda desc, arch: RUNG,
+    rung=choose_rung,
+    rungs=RUNGS,
 )
 
-__all__ = ["GENERATION", "RUNG", "VERIFICATION"]
+__all__ = ["GENERATION", "RUNG", "RUNGS", "VERIFICATION"]

@@ -36,6 +36,17 @@ FORWARD_PER_CALL = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", 
 FILLED_BLOCKS = 64           # filled parameter blocks kept per runner (distinct pointer sets)
 
 
+H100_SMS = 132      # a described (absent) device's SM count: the H100 / H200 SXM's
+
+
+def _sm_count(device: Device) -> int:
+    """The device's SMs: a persistent grid's CTAs."""
+    if not device.present:
+        return H100_SMS
+    import cupy
+    return int(cupy.cuda.runtime.getDeviceProperties(device.index)["multiProcessorCount"])
+
+
 def forward_entry_points(key: DispatchKey) -> tuple:
     return (FORWARD_KERNEL,)
 
@@ -75,7 +86,8 @@ class ForwardRunner:
                  struct: params.StructLayout):
         self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
         self.shared = shared["shared_memory_bytes"]
-        self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m)
+        persistent = _sm_count(device) if key.rung == "persistent" else 0
+        self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m, persistent)
         self.threads = key.tiles.num_warps * 32
         self.driver = None                   # None: cuda.bindings (tests put a fake here)
         self._kernel = None

@@ -26,7 +26,7 @@ CONSUMERS = 2                       # consumer warpgroups (the setmaxnreg budget
 BLOCK_M = CONSUMERS * CONSUMER_ROWS
 NUM_WARPS = 4 * (1 + CONSUMERS)     # the producer warpgroup too
 THREADS = NUM_WARPS * 32
-PRODUCER_REGISTERS, CONSUMER_REGISTERS = 40, 232    # setmaxnreg.dec / .inc (fwd_config.cuh)
+PRODUCER_REGISTERS, CONSUMER_REGISTERS = 24, 240    # setmaxnreg.dec / .inc (fwd_config.cuh)
 LAUNCH_REGISTERS = 65536 // THREADS // 8 * 8        # what ptxas may give a thread at launch (168)
 HEAD_DIMS = (64, 128, 256)
 PANEL_COLUMNS = 64                  # a TMA box's columns: one 128-byte swizzle span of 16-bit elements
@@ -44,11 +44,11 @@ def _round_up(x: int, m: int) -> int:
 
 
 def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2) -> int:
-    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows), the 1 + 4 * stages mbarriers
+    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows), the 2 + 4 * stages mbarriers
     (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh FwdLayout::kBytes)."""
     q = block_m * head_dim * dtype_bytes
     kv = 2 * stages * block_n * head_dim * dtype_bytes
-    barriers = _round_up((1 + 4 * stages) * BARRIER_BYTES, 128)
+    barriers = _round_up((2 + 4 * stages) * BARRIER_BYTES, 128)
     return q + kv + barriers + TILE_ALIGNMENT
 
 
@@ -83,5 +83,11 @@ def check_tiles(direction: str, tiles: TileConfig) -> None:
         raise ValueError(f"sm90a tile block_n={tiles.block_n}: must be 64 or 128")
 
 
-def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int = BLOCK_M) -> tuple[int, int, int]:
-    return (math.ceil(seqlen_q / block_m), heads_q, batch)
+def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int = BLOCK_M, persistent_ctas: int = 0
+         ) -> tuple[int, int, int]:
+    """One CTA per work tile, or with `persistent_ctas` (the SM count) a persistent grid of at most that
+    many CTAs, each walking work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (fwd.cu WorkSchedule)."""
+    work = (math.ceil(seqlen_q / block_m), heads_q, batch)
+    if persistent_ctas:
+        return (max(1, min(work[0] * heads_q * batch, persistent_ctas)), 1, 1)
+    return work
