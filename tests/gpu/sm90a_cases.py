@@ -54,6 +54,10 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
                                           causal=True, window=(700, 0)), "dense"),
         ("strided-d128-gqa4", _desc(**{**FEATURE_BASE, "heads_q": 8, "heads_kv": 2, "causal": True}), "strided"),
         ("strided-d64", _desc(**{**FEATURE_BASE, "head_dim": 64}), "strided"),
+        # more work tiles (8 x 8 x 4 = 256) than a persistent grid has CTAs (132): each CTA takes several
+        ("many-tiles-gqa4-causal", _desc(seqlen_q=1023, seqlen_kv=1100, batch=4, heads_q=8, heads_kv=2, causal=True),
+         "dense"),
+        ("many-tiles-d64", _desc(seqlen_q=1000, seqlen_kv=1000, batch=4, heads_q=8, heads_kv=8, head_dim=64), "dense"),
     ]
     return cases
 
