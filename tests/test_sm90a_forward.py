@@ -268,9 +268,9 @@ def compile_matrix() -> dict:
                 descs.append((f"{name}-d{head_dim}-{rung}", _desc(head_dim=head_dim, **extra), rung))
     keys = {}
     for label, desc, rung in descs:          # one compile per distinct kernel
-        # the rung the problem gets when `rung` is the default (choose_rung keeps "tma" where an
-        # overlapped kernel would spill)
-        chosen = "tma" if rung != "tma" and sm90a._overlap_spills(desc) else rung
+        # the rung the problem gets when `rung` is the default (choose_rung gives "tma" where the
+        # rung's kernel would spill)
+        chosen = "tma" if sm90a.spills(desc, rung) else rung
         key = NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90, {"rung": chosen})
         keys.setdefault(key.name, (label, desc, key))
     return keys
@@ -536,7 +536,7 @@ GATED = AttentionDescriptor(batch=2, seqlen_q=1024, seqlen_kv=1024, heads_q=8, h
 def test_listed_after_sm80_and_nameable():
     names = [b.name for b in registry.backends()]
     assert names.index(NAME) == names.index("nvrtc.sm80") + 1
-    assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == "tma"
+    assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == sm90a.RUNG == "overlap"
     assert sm90a.GENERATION.verification == Path(sm90a.__file__).with_name("verified.json")
 
 
@@ -559,6 +559,18 @@ def test_each_rung_is_its_own_kernel_named_in_the_key_and_the_sku(monkeypatch):
     assert backend.dispatch_key(GATED, SM90).rung == sm90a.RUNG
     plan = Plan.select(GATED, "sm_90", prefer=NAME, restrict=True)
     assert plan.sku.config_dict["rung"] == sm90a.RUNG and plan.sku.kernel.endswith(f"_{sm90a.RUNG}_causal_sm90a")
+
+
+def test_problems_whose_overlapped_kernel_would_spill_get_the_tma_rung(monkeypatch):
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
+    backend = NvrtcBackend(sm90a.GENERATION)
+    d256 = attrs.evolve(GATED, head_dim=256, head_dim_v=256, scale=256 ** -0.5)
+    assert backend.dispatch_key(d256, SM90).rung == sm90a.RUNG == "overlap"
+    assert backend.dispatch_key(attrs.evolve(d256, alibi=True), SM90).rung == "tma"
+    assert backend.dispatch_key(attrs.evolve(GATED, alibi=True), SM90).rung == "overlap"
+    assert sm90a.spills(d256, "persistent") and not sm90a.spills(GATED, "persistent")
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "pingpong")            # named: honoured
+    assert backend.dispatch_key(attrs.evolve(d256, alibi=True), SM90).rung == "pingpong"
 
 
 def test_an_unknown_rung_is_a_reason_not_a_crash(monkeypatch):
@@ -602,21 +614,21 @@ def test_unverified_it_is_rejected_with_the_gates_reason_unless_opted_in(monkeyp
     backend = registry.get(NAME)
     monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
     verdict = explain(GATED, "sm_90").of(NAME)
-    assert not verdict.accepted and "not verified on a GPU yet (rung 'tma')" in verdict.reasons[0]
+    assert not verdict.accepted and f"not verified on a GPU yet (rung {sm90a.RUNG!r})" in verdict.reasons[0]
     assert NAME not in explain(GATED, "sm_90").ranking
     assert Plan.select(GATED, "sm_90").sku.backend != NAME
     assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted
     monkeypatch.setenv("ATTNPLAN_UNVERIFIED", NAME)
     assert explain(GATED, "sm_90").of(NAME).accepted
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED")
-    record.write_text(json.dumps({"rungs": {"tma": {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
+    record.write_text(json.dumps({"rungs": {sm90a.RUNG: {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
     assert explain(GATED, "sm_90").of(NAME).accepted
 
 
 def test_the_shipped_record_decides_the_default_verdict(monkeypatch):
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
     verdict = explain(GATED, "sm_90").of(NAME)
-    assert verdict.accepted == ("tma" in verified_rungs(sm90a.VERIFICATION))
+    assert verdict.accepted == (sm90a.RUNG in verified_rungs(sm90a.VERIFICATION))
 
 
 DECLINED = {

@@ -1,7 +1,8 @@
 """The sm_90a kernel generation (kernels/sm90a/fwd.cu: TMA, wgmma, warp specialization), Hopper only,
 compiled for sm_90a: tiles.py chooses the tiles and sizes shared memory, runner.py encodes the TMA
-maps (tma.py) and launches.  Landed gated: the planner does not choose it until a GPU run has
-verified its rung (verified.json; tests/gpu/sm90a_ladder.sh writes the evidence).
+maps (tma.py) and launches.  Gated per rung: the planner chooses a rung only once a GPU run has
+verified it (verified.json lists tma, overlap, pingpong and persistent: H200, 2026-12-01;
+tests/gpu/sm90a_ladder.sh writes the evidence).
 
 Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal), dense bshd, every mask
 feature (causal either alignment, sliding window, sink tokens), softcap, ALiBi, sink logits,
@@ -27,30 +28,29 @@ VERIFICATION = Path(__file__).with_name("verified.json")
 # overlap of the softmax with the GEMMs; "pingpong" adds the consumers' turns on named barriers;
 # "persistent" is "overlap" in a persistent grid (about one CTA per SM walking the work tiles).
 RUNGS = ("tma", "overlap", "pingpong", "persistent")
-RUNG = "tma"                      # what a problem gets unless $ATTNPLAN_SM90A_RUNG names another
-# The fastest rung per head dim, by measurement (docs/fa3-notes.md); a problem gets it once verified.
-FASTEST_RUNG = {64: "persistent", 128: "persistent", 256: "pingpong"}
+# What a problem gets unless $ATTNPLAN_SM90A_RUNG names another: the fastest in the H200 rung sweep
+# (bench/results/2026-12-01-h200-sm90a-rungs-ladder.json, docs/fa3-notes.md) at every head dim.
+RUNG = "overlap"
 RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
 
 
 # Where an overlapped rung needs more registers than the consumers' setmaxnreg budget (S_k, P_(k-1)
-# and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): those
-# problems keep rung "tma" unless $ATTNPLAN_SM90A_RUNG or a pinned config names another.
-def _overlap_spills(desc) -> bool:
-    return desc.head_dim == 256 and desc.alibi
+# and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): d=256
+# with ALiBi, and d=256 in the persistent grid.  Those problems get rung "tma" unless
+# $ATTNPLAN_SM90A_RUNG or a pinned config names the rung (which then runs, spilling).
+def spills(desc, rung: str) -> bool:
+    return rung != "tma" and desc.head_dim == 256 and (desc.alibi or rung == "persistent")
 
 
 def choose_rung(desc, arch: int) -> str:
-    """The rung a problem gets: the one $ATTNPLAN_SM90A_RUNG names (an A/B or a bisection; "fastest":
-    FASTEST_RUNG's for the head dim) or RUNG; an overlapped rung that would spill gives way to "tma"
-    unless named."""
+    """The rung a problem gets: the one $ATTNPLAN_SM90A_RUNG names (an A/B or a bisection) or RUNG,
+    except that a problem whose overlapped kernel would spill gets "tma" unless it is named."""
     named = os.environ.get(RUNG_VARIABLE, "").strip()
-    if named and named not in RUNGS + ("fastest",):
-        raise ValueError(f"{RUNG_VARIABLE}={named!r}: the sm90a rungs are {', '.join(RUNGS)} (or 'fastest')")
-    if named and named != "fastest":
+    if named and named not in RUNGS:
+        raise ValueError(f"{RUNG_VARIABLE}={named!r}: the sm90a rungs are {', '.join(RUNGS)}")
+    if named:
         return named
-    rung = FASTEST_RUNG.get(desc.head_dim, RUNG) if named == "fastest" else RUNG
-    return "tma" if rung != "tma" and _overlap_spills(desc) else rung
+    return "tma" if spills(desc, RUNG) else RUNG
 
 
 def _forward_shared_memory(key: DispatchKey) -> int:

@@ -79,7 +79,8 @@ class Template:
 class ForwardRunner:
     """Launches the sm90a forward for bound arguments (the module loads on first use)."""
 
-    notes = ("forward: one CTA per (query tile, head, batch); a TMA producer warpgroup and two wgmma consumer "
+    notes = ("forward: one CTA per (query tile, head, batch), or about one per SM in the persistent rung; a TMA "
+             "producer warpgroup and two wgmma consumer "
              "warpgroups of 64 rows; no atomics")
 
     def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: dict, device: Device,
