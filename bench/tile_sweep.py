@@ -22,6 +22,7 @@ from attnplan.bench import peers
 from attnplan.bench.contenders import prepare_plan
 from attnplan.bench.measure import is_correct, median, relative_error, time_interleaved
 from attnplan.bench.problems import standard_problem
+from attnplan.bench.results import PEER_PREFIXES
 from attnplan.bench.runner import device_description, input_sets, reference_targets, versions
 from attnplan.device import default_device
 from attnplan.plan import Plan
@@ -53,14 +54,14 @@ def candidates(generation: str, direction: str, head_dim: int) -> list[dict]:
     return [dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg)) for cfg in cfgs]
 
 
-def _check(desc, prepared, want, select, label: str, name: str, rows: list, timed: list, problem) -> None:
+def _check(problem, desc, prepared, want, select, name: str, rows: list, timed: list) -> None:
     error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
     row = {"problem": problem.as_dict(), "contender": name, "sku": prepared.sku, "error": error}
     rows.append(row)
     if is_correct(error, desc.dtype):
         timed.append((row, prepared))
     else:
-        print(label, name, "WRONG", error, flush=True)
+        print(problem.label, name, "WRONG", error, flush=True)
 
 
 def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: list, others=(), repeats: int = 20,
@@ -84,10 +85,10 @@ def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: lis
                     except Exception as exc:
                         print(problem.label, name, "build failed:", str(exc)[:300], flush=True)
                         continue
-                    _check(desc, prepared, want, select, problem.label, f"{generation}[{name}]", rows, timed, problem)
+                    _check(problem, desc, prepared, want, select, f"{generation}[{name}]", rows, timed)
                 for other in others:
                     try:
-                        if other in peers.available_peers() or other.startswith(("torch.", "flash")):
+                        if other.startswith(PEER_PREFIXES):
                             reason = peers.peer_reason(other, desc)
                             if reason:
                                 print(problem.label, other, "skipped:", reason, flush=True)
@@ -98,7 +99,7 @@ def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: lis
                     except Exception as exc:
                         print(problem.label, other, "failed:", str(exc)[:300], flush=True)
                         continue
-                    _check(desc, prepared, want, select, problem.label, other, rows, timed, problem)
+                    _check(problem, desc, prepared, want, select, other, rows, timed)
                 times = time_interleaved([p for _, p in timed], len(sets), repeats, 3, True)
                 for (row, _), t in zip(timed, times):
                     row.update(ms=median(t), tflops=desc.flops() / median(t) / 1e9)
