@@ -1,5 +1,5 @@
 """A/B the kernel configs of a generation on chosen problems -- the sm80 forward's tiles and K
-buffers, the backward's tiles, the sm90a forward's rungs and K/V stages -- each checked against the
+buffers, the backward's tiles, the sm90a forward's rungs and K/V stages or (--vary tiles) its tiles -- each checked against the
 reference before its time counts, all timed in interleaved rounds (the same clocks), with
 `--with` contenders (cudnn, torch.flash, ...) in the same rounds.  Run on the GPU:
 
@@ -39,14 +39,25 @@ CONFIGS = {
 }
 
 
-# The sm90a forward: (rung, K/V stages) on the generation's own tile per head dim; three stages fit
-# 227 KB up to d=128 (tiles.shared_memory_bytes), not at d=256.
+# The sm90a forward, `--vary rungs`: (rung, K/V stages) on the generation's own tile per head dim;
+# three stages fit 227 KB up to d=128 (tiles.shared_memory_bytes), not at d=256.
 SM90A_CONFIGS = {128: [(rung, 2) for rung in sm90a.RUNGS], 256: [(rung, 2) for rung in sm90a.RUNGS]}
+# `--vary tiles`: (block_m, block_n) under the default rung with two stages, the tiles whose kernels do
+# not spill there (tests/test_sm90a_forward.py); block_m 192 is three consumer warpgroups.  The
+# non-causal-only ones (`causal` False) spill or lose their point with a causal mask.
+SM90A_TILES = {64: [(128, 128), (128, 160), (128, 192), (128, 224), (192, 128)],
+               128: [(128, 128), (128, 144), (128, 160), (128, 176), (128, 192, False), (192, 64), (192, 80)],
+               256: [(128, 64), (128, 80)]}
 GENERATIONS = {"sm80": sm80.GENERATION, "sm90a": sm90a.GENERATION}
 
 
-def candidates(generation: str, direction: str, head_dim: int) -> list[dict]:
+def candidates(generation: str, direction: str, head_dim: int, vary: str = "rungs", causal: bool = False
+               ) -> list[dict]:
     """The configs to compare, as the pinned-config dicts NvrtcBackend.build takes."""
+    if generation == "sm90a" and vary == "tiles":
+        cfgs = next(c for limit, c in sorted(SM90A_TILES.items()) if head_dim <= limit)
+        return [{"rung": sm90a.RUNG, "block_m": bm, "block_n": bn, "num_warps": sm90a.tiles.num_warps(bm), "stages": 2}
+                for bm, bn, *only in cfgs if not (causal and only and only[0] is False)]
     if generation == "sm90a":
         cfgs = next(c for limit, c in sorted(SM90A_CONFIGS.items()) if head_dim <= limit)
         return [{"rung": rung, "stages": stages} for rung, stages in cfgs]
@@ -65,18 +76,18 @@ def _check(problem, desc, prepared, want, select, name: str, rows: list, timed: 
 
 
 def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: list, others=(), repeats: int = 20,
-          dtype: str = "bf16") -> None:
+          dtype: str = "bf16", vary: str = "rungs", causal_modes=(False, True)) -> None:
     """Every candidate config (and each of `others`: a backend name or a peer) on each problem,
     checked against the reference, the correct ones timed in interleaved rounds."""
     for head_dim in head_dims:
         for seqlen in seqlens:
-            for causal in (False, True):
+            for causal in causal_modes:
                 problem = standard_problem(dtype, head_dim, seqlen, causal, direction)
                 desc = problem.descriptor()
                 sets = input_sets(desc, device, 0)
                 fixed, want, select = reference_targets(desc, sets)
                 timed = []
-                for config in candidates(generation, direction, head_dim):
+                for config in candidates(generation, direction, head_dim, vary, causal):
                     name = ",".join(f"{k}={v}" for k, v in config.items())
                     try:
                         backend = NvrtcBackend(GENERATIONS[generation])
@@ -115,6 +126,9 @@ def main() -> None:
     parser.add_argument("--generation", default="sm80", choices=sorted(GENERATIONS))
     parser.add_argument("--with", dest="others", default="", help="backends or peers timed in the same rounds")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--vary", default="rungs", choices=("rungs", "tiles"),
+                        help="sm90a: A/B the rungs (on the default tile) or the tiles (under the default rung)")
+    parser.add_argument("--causal", default="both", choices=("both", "yes", "no"))
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     device = default_device()
@@ -123,7 +137,8 @@ def main() -> None:
     try:
         sweep(args.generation, args.direction, [int(d) for d in args.head_dims.split(",")],
               [int(s) for s in args.seqlens.split(",")], device, rows, [o for o in args.others.split(",") if o],
-              args.repeats)
+              args.repeats, vary=args.vary,
+              causal_modes={"both": (False, True), "yes": (True,), "no": (False,)}[args.causal])
     finally:
         if args.output:
             with open(args.output, "w") as f:

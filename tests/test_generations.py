@@ -47,7 +47,7 @@ class CompileOnlyRunner:
         raise RuntimeError("the testgen generation only compiles")
 
 
-def _testgen_tiles(desc, arch):
+def _testgen_tiles(desc, arch, rung=""):
     return TEST_TILE
 
 

@@ -43,6 +43,7 @@ from attnplan.kernel_inspect import inspect_cubin
 compiler = pytest.importorskip("attnplan.backends.nvrtc.compiler")
 from attnplan.backends.nvrtc import sm90a  # noqa: E402
 from attnplan.backends.nvrtc.backend import NvrtcBackend  # noqa: E402
+from attnplan.backends.nvrtc.dispatch import TileConfig  # noqa: E402
 from attnplan.backends.nvrtc.generation import verified_rungs  # noqa: E402
 from attnplan.backends.nvrtc.sm90a import runner as sm90a_runner, tiles, tma  # noqa: E402
 from sm90a_host.nvrtc_sm90a import host_dump, sass_by_function  # noqa: E402
@@ -105,7 +106,8 @@ def _config(dump, block_m, block_n, head_dim, stages):
                 == (block_m, block_n, head_dim, stages))
 
 
-CONFIGS = [(128, 128, 64, 2), (128, 128, 128, 2), (128, 64, 256, 2), (128, 128, 128, 3), (128, 64, 64, 1)]
+CONFIGS = [(128, 128, 64, 2), (128, 128, 128, 2), (128, 64, 256, 2), (128, 128, 128, 3), (128, 64, 64, 1),
+           (192, 128, 64, 2), (128, 176, 128, 2), (128, 80, 256, 2), (128, 160, 64, 2)]
 
 
 @pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
@@ -155,14 +157,44 @@ def test_shared_memory_regions(dump, block_m, block_n, head_dim, stages):
     assert sorted(c["barrier_index"]) == list(range(2 + 4 * stages))
 
 
-def test_chosen_tiles_fit_and_d256_uses_64_key_tiles():
-    for head_dim, block_n in ((64, 128), (128, 128), (256, 64)):
-        desc = AttentionDescriptor(batch=1, seqlen_q=128, seqlen_kv=128, heads_q=1, heads_kv=1, head_dim=head_dim)
-        t = tiles.choose_tiles(desc, 90)
-        assert (t.block_m, t.block_n, t.num_warps) == (128, block_n, 12)
-        assert tiles.shared_memory_bytes(head_dim, 128, block_n, tiles.STAGES) <= 227 * 1024
-    assert tiles.shared_memory_bytes(256, 128, 128, 2) > 227 * 1024            # why d=256 takes 64 keys
-    assert tiles.PRODUCER_REGISTERS * 128 + tiles.CONSUMER_REGISTERS * 256 <= 65536
+def test_chosen_tiles_fit_and_follow_the_rung_and_features():
+    def chosen(head_dim, rung="overlap", **extra):
+        desc = AttentionDescriptor(batch=1, seqlen_q=128, seqlen_kv=128, heads_q=1, heads_kv=1, head_dim=head_dim,
+                                   **extra)
+        t = tiles.choose_tiles(desc, 90, rung)
+        assert t.num_warps == 4 * (1 + t.block_m // 64)
+        assert tiles.shared_memory_bytes(head_dim, t.block_m, t.block_n, tiles.STAGES) <= 227 * 1024
+        return t.block_m, t.block_n
+    assert [chosen(d) for d in (64, 128, 256)] == [(192, 128), (128, 176), (128, 80)]
+    assert [chosen(d, "tma") for d in (64, 128, 256)] == [(192, 128), (128, 176), (128, 80)]
+    # two consumers where three cannot be: the ping-pong turns, and a softcap's registers at d=64
+    assert [chosen(d, "pingpong") for d in (64, 128, 256)] == [(128, 160), (128, 176), (128, 80)]
+    assert chosen(64, softcap=30.0) == (128, 160) and chosen(128, softcap=30.0) == (128, 176)
+    assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 128), (128, 64)]
+    assert tiles.shared_memory_bytes(256, 128, 96, 2) > 227 * 1024            # why d=256 stops at 80 keys
+    for consumers, (producer, consumer) in tiles.REGISTERS.items():
+        assert producer * 128 + consumer * 128 * consumers <= 65536
+    assert tiles.launch_registers(192) == 128 and tiles.launch_registers(128) == 168
+
+
+def test_pinned_tiles_and_rungs_are_checked_with_reasons():
+    backend = NvrtcBackend(sm90a.GENERATION)
+    desc = _desc(head_dim=64)
+    key = backend.dispatch_key(desc, SM90, {"rung": "overlap", "block_m": 192, "block_n": 176, "num_warps": 16,
+                                            "stages": 2})
+    assert (key.tiles.block_m, key.tiles.block_n) == (192, 176) and "_m192n176w16s2_overlap" in key.name
+    # naming the rung alone gets that rung's tile: pingpong's two consumers
+    assert backend.dispatch_key(desc, SM90, {"rung": "pingpong"}).tiles.block_m == 128
+    bad = [({"rung": "pingpong", "block_m": 192, "block_n": 128, "num_warps": 16}, "two consumers"),
+           ({"rung": "overlap", "block_m": 256, "block_n": 128, "num_warps": 20}, "block_m=256"),
+           ({"rung": "overlap", "block_m": 192, "block_n": 128, "num_warps": 12}, "num_warps=12"),
+           ({"rung": "overlap", "block_m": 128, "block_n": 120, "num_warps": 12}, "block_n=120"),
+           ({"rung": "overlap", "block_m": 128, "block_n": 272, "num_warps": 12}, "block_n=272"),
+           ({"rung": "overlap", "stages": 1}, "stages must be 2"),
+           ({"rung": "tma", "stages": 5}, "stages=5")]
+    for config, words in bad:
+        with pytest.raises(ValueError, match=words):
+            backend.dispatch_key(desc, SM90, config)
 
 
 def _simulate_ring(dump, stages: int, tiles_count: int, seed: int) -> None:
@@ -249,7 +281,10 @@ FEATURES = {"plain": {}, "window": dict(window=(128, 0), causal=True), "window_t
             "alibi": dict(alibi=True, causal=True), "sink_logits": dict(sink_logits=True),
             "gqa_lse": dict(heads_kv=1, return_lse=True),
             "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0,
-                               sink_logits=True, heads_kv=2, return_lse=True)}
+                               sink_logits=True, heads_kv=2, return_lse=True),
+            # everything a three-consumer d=64 tile takes (a softcap gets two consumers)
+            "all_but_softcap": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, sink_logits=True,
+                                    heads_kv=2, return_lse=True)}
 
 
 def compile_matrix() -> dict:
@@ -348,12 +383,14 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     assert info.stack_bytes == 0
     # Registers: the launch count fits 384 threads in the register file; the consumer code stays
     # inside its setmaxnreg budget and the producer's code inside its own.
-    assert info.registers <= tiles.LAUNCH_REGISTERS
+    producer_budget, consumer_budget = tiles.REGISTERS[tiles.consumers(key.tiles.block_m)]
+    assert key.tiles.num_warps == tiles.num_warps(key.tiles.block_m)
+    assert info.registers <= tiles.launch_registers(key.tiles.block_m)
     registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
-    assert registers(sass) < tiles.CONSUMER_REGISTERS
+    assert registers(sass) < consumer_budget
     start = next(i for i, line in enumerate(sass) if line.startswith("USETMAXREG.DEALLOC"))
     end = next(i for i in range(start, len(sass)) if sass[i].startswith("EXIT"))
-    assert registers(sass[start:end + 1]) < tiles.PRODUCER_REGISTERS
+    assert registers(sass[start:end + 1]) < producer_budget
     assert sm90a.GENERATION.shared_memory(key)["shared_memory_bytes"] <= 227 * 1024
 
 
@@ -435,9 +472,12 @@ def test_parameter_block_layout():
 def test_runner_grid_threads_and_shared_memory():
     plan, runner = _runner(PLUMBING)
     assert runner.grid == (math.ceil(300 / 128), 8, 2) and runner.threads == 384
-    assert runner.shared == tiles.shared_memory_bytes(128, 128, 128, 2) == plan.sku.config_dict["shared_memory_bytes"]
+    assert runner.shared == tiles.shared_memory_bytes(128, 128, 176, 2) == plan.sku.config_dict["shared_memory_bytes"]
     config = plan.sku.config_dict
-    assert (config["block_m"], config["block_n"], config["num_warps"], config["stages"]) == (128, 128, 12, 2)
+    assert (config["block_m"], config["block_n"], config["num_warps"], config["stages"]) == (128, 176, 12, 2)
+    # d=64: three consumers, 192 query rows, 512 threads
+    plan64, runner64 = _runner(attrs.evolve(PLUMBING, head_dim=64, head_dim_v=64))
+    assert runner64.grid == (math.ceil(300 / 192), 8, 2) and runner64.threads == 512
     assert plan.sku.kernel.endswith("_sm90a") and "--gpu-architecture=sm_90a" in config["options"]
 
 
@@ -449,8 +489,8 @@ def test_maps_are_encoded_from_the_arrays_and_land_in_the_block():
     assert len(runner.driver.calls) == 4
     d = PLUMBING
     expected = {"q_map": (bound.q.ptr, [128, 300, 8, 2], [8 * 128 * 2, 128 * 2, 300 * 8 * 128 * 2], [64, 128, 1, 1]),
-                "k_map": (bound.k.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 128, 1, 1]),
-                "v_map": (bound.v.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 128, 1, 1]),
+                "k_map": (bound.k.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 176, 1, 1]),
+                "v_map": (bound.v.ptr, [128, 517, 2, 2], [2 * 128 * 2, 128 * 2, 517 * 2 * 128 * 2], [64, 176, 1, 1]),
                 "o_map": (out.ptr, [128, 300, 8, 2], [8 * 128 * 2, 128 * 2, 300 * 8 * 128 * 2], [64, 64, 1, 1])}
     maps = _maps_in(block, runner.struct)
     for name, (address, dims, strides, box) in expected.items():
@@ -669,6 +709,24 @@ def test_every_feature_it_takes_is_accepted_when_opted_in():
 
 def test_pinned_tiles_it_cannot_build_are_refused():
     backend = registry.get(NAME)
-    for config in ({"block_m": 64, "block_n": 128, "num_warps": 8}, {"block_m": 128, "block_n": 96, "num_warps": 12}):
+    for config in ({"block_m": 64, "block_n": 128, "num_warps": 8}, {"block_m": 128, "block_n": 104, "num_warps": 12}):
         with pytest.raises(ValueError):
             backend.dispatch_key(GATED, SM90, config)
+
+
+def test_the_tiles_variable_names_a_tile_per_head_dim_and_bad_ones_are_reasons(monkeypatch):
+    desc64, desc128 = _desc(head_dim=64), _desc(head_dim=128)
+    monkeypatch.setenv(tiles.TILES_VARIABLE, "128x128, 128:192x80")
+    assert tiles.choose_tiles(desc64, 90, "overlap") == TileConfig(128, 128, 12)
+    assert tiles.choose_tiles(desc128, 90, "overlap") == TileConfig(192, 80, 16)
+    assert "_m192n80w16s2_overlap" in NvrtcBackend(sm90a.GENERATION).dispatch_key(desc128, SM90).name
+    for text, words in (("192x", "not BMxBN"), ("64:256x128", "block_m=256"), ("128x100", "block_n=100"),
+                        ("256:128x128", "shared memory")):
+        monkeypatch.setenv(tiles.TILES_VARIABLE, text)
+        desc = _desc(head_dim=256) if text.startswith("256") else desc64
+        with pytest.raises(ValueError, match=words):
+            tiles.choose_tiles(desc, 90, "overlap")
+        assert any(words.split()[0] in r for r in NvrtcBackend(sm90a.GENERATION).reasons(desc, SM90))
+    monkeypatch.setenv(tiles.TILES_VARIABLE, "192x128")
+    with pytest.raises(ValueError, match="two consumers"):
+        tiles.choose_tiles(desc64, 90, "pingpong")

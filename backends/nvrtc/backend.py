@@ -40,9 +40,8 @@ class NvrtcBackend(Backend):
         generation, reasons = self.generation, []
         if device.arch is not None:
             try:
-                generation.choose_tiles(desc, device.arch)
+                generation.choose_tiles(desc, device.arch, generation.rung(desc, device.arch))
                 generation.choose_dq_tiles(desc, device.arch)
-                generation.rung(desc, device.arch)
             except ValueError as exc:
                 reasons.append(str(exc))
         return reasons
@@ -92,7 +91,11 @@ class NvrtcBackend(Backend):
 
     def dispatch_key(self, desc: AttentionDescriptor, device: Device, config: Optional[dict] = None) -> DispatchKey:
         generation = self.generation
-        tiles = generation.choose_tiles(desc, device.arch)
+        rung = generation.rung(desc, device.arch)
+        if config and "rung" in config:
+            rung = str(config["rung"])
+            generation.check_rung(rung)
+        tiles = generation.choose_tiles(desc, device.arch, rung)
         dq_tiles = generation.choose_dq_tiles(desc, device.arch)
         if config and "block_m" in config:
             tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
@@ -102,10 +105,8 @@ class NvrtcBackend(Backend):
         stages = generation.choose_stages(desc, device.arch, tiles)
         if config and "stages" in config:
             stages = int(config["stages"])
-        rung = generation.rung(desc, device.arch)
-        if config and "rung" in config:
-            rung = str(config["rung"])
-            generation.check_rung(rung)
+        if config:
+            generation.check_variant(tiles, stages, rung)
         return DispatchKey.for_problem(desc, generation.name, generation.compile_arch(device.arch), tiles, dq_tiles,
                                        stages, rung)
 

@@ -59,8 +59,9 @@ def _no_workspace(desc: AttentionDescriptor) -> int:
 class Generation:
     name: str
     capabilities: Capabilities                        # its arch range included (min_arch, max_arch)
-    # The main kernel's tile for desc.direction on sm_<arch>; ValueError when none fits.
-    choose_tiles: Callable[[AttentionDescriptor, int], TileConfig]
+    # The main kernel's tile for desc.direction on sm_<arch> under a rung (see `rung`; "" for a
+    # generation of one variant); ValueError when none fits.
+    choose_tiles: Callable[[AttentionDescriptor, int, str], TileConfig]
     forward: Module
     smem_limit: Callable[[int], int]                  # dynamic shared memory a block may have on sm_<arch>
     backward: Optional[Module] = None
@@ -70,6 +71,8 @@ class Generation:
     choose_stages: Callable[[AttentionDescriptor, int, TileConfig], int] = _one_stage
     # ValueError for a pinned (direction, tile) its kernels cannot be built with.
     check_tiles: Callable[[str, TileConfig], None] = _any_tiles
+    # ValueError for a pinned (tile, stages, rung) combination its kernels cannot be built with.
+    check_variant: Callable[[TileConfig, int, str], None] = lambda tiles, stages, rung: None
     workspace_size: Callable[[AttentionDescriptor], int] = _no_workspace
     # "a" for kernels that use arch-specific features (wgmma, setmaxnreg): compiled for sm_90a.
     arch_suffix: str = ""

@@ -48,9 +48,10 @@ constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
 
 // Register budgets after setmaxnreg (64K registers per SM, one CTA per SM): the producer keeps what a
 // loop of TMA issues needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S
-// kBlockN / 2, P kBlockN / 4).  128 * 24 + 256 * 240 = 64512 <= 65536.
+// kBlockN / 2, P kBlockN / 4).  Two consumers: 128 * 24 + 256 * 240 = 64512 <= 65536; three (192
+// query rows): 128 * 24 + 384 * 160 = 64512.
 constexpr int kProducerRegisters = 24;
-constexpr int kConsumerRegisters = 240;
+constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
 constexpr int kRegisterFile = 65536;
 
 // The mainloop's schedule (fwd_mainloop.cuh consume_tiles):
@@ -77,8 +78,10 @@ constexpr unsigned kTurnThreads = 2 * kWarpgroupThreads;
 
 static_assert(HEAD_DIM_V == HEAD_DIM, "the sm90a forward needs head_dim_v == head_dim");
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "HEAD_DIM: 64, 128 or 256");
-static_assert(kBlockN == 64 || kBlockN == 128, "BLOCK_N: 64 or 128");
-static_assert(kConsumers == 2, "BLOCK_M: two consumer warpgroups of 64 rows (the register budgets assume them)");
+static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 256, "BLOCK_N: a multiple of 16 in 64..256");
+static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 3),
+              "BLOCK_M: two or three consumer warpgroups of 64 rows (the register budgets assume them)");
+static_assert(kRung != Rung::kPingPong || kConsumers == 2, "the ping-pong turns are between two consumers");
 static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup and the consumers'");
 static_assert(kStages >= 1 && kStages <= 4, "KV_STAGES: 1 to 4");
 static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <= kRegisterFile,

@@ -145,11 +145,18 @@ struct Wgmma;
   };
 
 // N, then N/2 as (tens, units), then the seven operand numbers after the N/2 accumulators.
-#define ATTN_SM90A_WGMMA_SHAPES(X)                   \
-  X(64, 3, 2, 32, 33, 34, 35, 36, 37, 38)            \
-  X(96, 4, 8, 48, 49, 50, 51, 52, 53, 54)            \
-  X(128, 6, 4, 64, 65, 66, 67, 68, 69, 70)           \
-  X(192, 9, 6, 96, 97, 98, 99, 100, 101, 102)        \
+#define ATTN_SM90A_WGMMA_SHAPES(X)                 \
+  X(64, 3, 2, 32, 33, 34, 35, 36, 37, 38)          \
+  X(80, 4, 0, 40, 41, 42, 43, 44, 45, 46)          \
+  X(96, 4, 8, 48, 49, 50, 51, 52, 53, 54)          \
+  X(112, 5, 6, 56, 57, 58, 59, 60, 61, 62)         \
+  X(128, 6, 4, 64, 65, 66, 67, 68, 69, 70)         \
+  X(144, 7, 2, 72, 73, 74, 75, 76, 77, 78)         \
+  X(160, 8, 0, 80, 81, 82, 83, 84, 85, 86)         \
+  X(176, 8, 8, 88, 89, 90, 91, 92, 93, 94)         \
+  X(192, 9, 6, 96, 97, 98, 99, 100, 101, 102)      \
+  X(208, 10, 4, 104, 105, 106, 107, 108, 109, 110) \
+  X(224, 11, 2, 112, 113, 114, 115, 116, 117, 118) \
   X(256, 12, 8, 128, 129, 130, 131, 132, 133, 134)
 
 #define ATTN_SM90A_WGMMA_BOTH_TYPES(N, TENS, UNITS, O0, O1, O2, O3, O4, O5, O6)     \
@@ -158,15 +165,16 @@ struct Wgmma;
 
 ATTN_SM90A_WGMMA_SHAPES(ATTN_SM90A_WGMMA_BOTH_TYPES)
 
-// The shapes the kernels use: a 64- or 128-wide key tile (S = Q K^T) and head dims 64..256 (O += P V).
+// The shapes the kernels use: key tiles of 64 .. 256 keys in steps of 16 (S = Q K^T; the P V k-steps
+// need whole 16-key steps) and head dims 64 .. 256 (O += P V).
 template <int N>
-constexpr bool kWgmmaShapeSupported = N == 64 || N == 96 || N == 128 || N == 192 || N == 256;
+constexpr bool kWgmmaShapeSupported = N >= 64 && N <= 256 && N % 16 == 0;
 
 // wgmma_ss<N, Elem, TransA, TransB>(d, desc_a, desc_b, accumulate), Elem = half_t or bfloat16_t.
 template <int N, class Elem, int TransA = 0, int TransB = 0>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
                                          int accumulate) {
-  static_assert(kWgmmaShapeSupported<N>, "wgmma m64nNk16: N must be 64, 96, 128, 192 or 256 here");
+  static_assert(kWgmmaShapeSupported<N>, "wgmma m64nNk16: N must be a multiple of 16 in 64..256 here");
   Wgmma<N, Elem>::template ss<TransA, TransB>(d, desc_a, desc_b, accumulate);
 }
 
@@ -174,7 +182,7 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long d
 template <int N, class Elem, int TransB = 0>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long desc_b,
                                          int accumulate) {
-  static_assert(kWgmmaShapeSupported<N>, "wgmma m64nNk16: N must be 64, 96, 128, 192 or 256 here");
+  static_assert(kWgmmaShapeSupported<N>, "wgmma m64nNk16: N must be a multiple of 16 in 64..256 here");
   Wgmma<N, Elem>::template rs<TransB>(d, a, desc_b, accumulate);
 }
 

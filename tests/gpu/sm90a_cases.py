@@ -23,10 +23,13 @@ _OWN = {
     "alibi_two_sided": dict(alibi=True),
     "everything": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, softcap=5.0, sink_logits=True,
                        heads_q=8, heads_kv=2),
+    # everything but the softcap: at d=64 the three-consumer tile takes it (a softcap gets two consumers)
+    "all_but_softcap": dict(causal=True, window=(50, 0), sink_tokens=3, alibi=True, sink_logits=True,
+                            heads_q=8, heads_kv=2),
 }
 _ORDER = ("top_left", "top_left_q_longer", "bottom_right_q_longer", "window_causal", "window_two_sided",
           "window_sinks", "window_sinks_two_sided", "softcap", "alibi", "alibi_two_sided", "sink_logits", "gqa4",
-          "mqa8", "everything")
+          "mqa8", "all_but_softcap", "everything")
 FEATURES = {name: _OWN[name] if name in _OWN else SHARED_FEATURES[name] for name in _ORDER}
 
 
@@ -65,6 +68,9 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
 def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
     """Small problems for compute-sanitizer memcheck: partial tiles at both ends, GQA, every feature."""
     return [("memcheck-d128-gqa4-causal", _desc(seqlen_q=130, seqlen_kv=200, heads_q=4, heads_kv=1, causal=True)),
+            # three consumers (d=64's 192-row tile), the last query tile partial
+            ("memcheck-d64-three-consumers", _desc(seqlen_q=200, seqlen_kv=300, head_dim=64, heads_q=4, heads_kv=2,
+                                                   causal=True, window=(90, 0), sink_tokens=2, alibi=True)),
             ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,
                                                **{k: v for k, v in FEATURES["everything"].items()
                                                   if k not in ("heads_q", "heads_kv")}))]

@@ -9,13 +9,15 @@
 #      the first failing case and printing it;
 #   4. compute-sanitizer memcheck and racecheck on the small cases (tests/gpu/sm90a_memcheck.py);
 #   then, if every rung passed:
-#   5. the rungs and K/V stages against cuDNN and PyTorch SDPA flash in the same rounds
-#      (bench/tile_sweep.py --generation sm90a, $SWEEP_HEAD_DIMS, $SWEEP_SEQLENS);
+#   5. the rungs and K/V stages (or with SWEEP_VARY=tiles the tiles) against $SWEEP_WITH (e.g. cudnn) in
+#      the same rounds (bench/tile_sweep.py --generation sm90a, $SWEEP_HEAD_DIMS, $SWEEP_SEQLENS, $SWEEP_CAUSAL);
 #   6. the sweep of `attnplan bench` with the default rung against cuDNN and PyTorch SDPA
 #      flash (ATTNPLAN_UNVERIFIED=nvrtc.sm90a; $BENCH_HEAD_DIMS, $BENCH_SEQLENS).
 # Logs under $OUT (8 files): ladder.log (summary), pytest.log, cases.jsonl (one line per case, every
 # rung), sanitizer.log, rungs.log, rungs.json, bench.log, bench.json.  Stage limits (seconds):
-# LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT.  Exit status: 0 only if every stage passed.
+# LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT; SKIP_TIMING=1 stops after the sanitizers.
+# $ATTNPLAN_SM90A_TILES (backends/nvrtc/sm90a/tiles.py) runs the ladder on other tiles.
+# Exit status: 0 only if every stage passed.
 #
 #   bash tests/gpu/sm90a_ladder.sh            (the device tool: carry .whl)
 set -uo pipefail
@@ -40,6 +42,7 @@ print('attnplan', attnplan.__version__, 'cupy', cupy.__version__, 'nvrtc', compi
 say "installed: $(elapsed)"
 
 RUNGS="${RUNGS:-tma overlap pingpong persistent}"
+say "tiles: ${ATTNPLAN_SM90A_TILES:-the default table}"
 per_case=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${CASE_TIMEOUT:-30} --timeout-method thread")
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 total=$(python3 -c "import sys; sys.path.insert(0, 'tests/gpu'); from sm90a_cases import forward_cases; print(len(forward_cases()))")
@@ -83,8 +86,10 @@ done
 rm -f "$OUT"/*.tmp
 [ $failed -eq 0 ] || exit 1
 
+if [ "${SKIP_TIMING:-0}" = 1 ]; then say "timing skipped (SKIP_TIMING=1)"; exit 0; fi
 timeout "${SWEEP_TIMEOUT:-150}" python3 bench/tile_sweep.py --generation sm90a --head-dims "${SWEEP_HEAD_DIMS:-64,128,256}" \
-  --seqlens "${SWEEP_SEQLENS:-4096}" --with "${SWEEP_WITH:-}" --repeats 10 --output "$OUT/rungs.json" > "$OUT/rungs.log" 2>&1
+  --seqlens "${SWEEP_SEQLENS:-4096}" --with "${SWEEP_WITH:-}" --vary "${SWEEP_VARY:-rungs}" --causal "${SWEEP_CAUSAL:-both}" \
+  --repeats 10 --output "$OUT/rungs.json" > "$OUT/rungs.log" 2>&1
 sweep=$?
 say "rung sweep rc=$sweep: $(elapsed)"
 grep "TFLOP/s\|WRONG\|failed" "$OUT/rungs.log" | tee -a "$LOG"

@@ -136,6 +136,10 @@ int main() {
   config<128, 64, 256, 2>(true);
   config<128, 128, 128, 3>(true);
   config<128, 64, 64, 1>(true);
+  config<192, 128, 64, 2>(true);
+  config<128, 176, 128, 2>(true);
+  config<128, 80, 256, 2>(true);
+  config<128, 160, 64, 2>(true);
   std::printf("]}\n");
   return 0;
 }

@@ -20,7 +20,7 @@ def _tile(cfg: dict) -> TileConfig:
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
 
 
-def _choose_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
+def _choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileConfig:
     if desc.direction == "backward":
         return _tile(tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch, desc.causal))
     return _tile(tiles.tile_config(desc.head_dim, desc.head_dim_v, arch))

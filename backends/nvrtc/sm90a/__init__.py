@@ -71,6 +71,7 @@ GENERATION = Generation(
     smem_limit=tiles.smem_limit,
     choose_stages=tiles.choose_stages,
     check_tiles=tiles.check_tiles,
+    check_variant=tiles.check_variant,
     arch_suffix="a",
     verification=VERIFICATION,
     rung=choose_rung,

@@ -14,6 +14,8 @@ static_asserts the shared-memory size (ATTN_EXPECTED_SMEM_BYTES) and the tests c
 from __future__ import annotations
 
 import math
+import os
+from typing import Optional
 
 from attnplan.descriptor import AttentionDescriptor
 
@@ -22,21 +24,54 @@ from ..dispatch import TileConfig
 SMEM_LIMIT = 227 * 1024             # dynamic shared memory a block may have on sm_90
 WARPGROUP_THREADS = 128
 CONSUMER_ROWS = 64                  # query rows per consumer warpgroup: one m64 wgmma
-CONSUMERS = 2                       # consumer warpgroups (the setmaxnreg budgets assume two)
+# setmaxnreg budgets (producer, consumer) by consumer warpgroups (fwd_config.cuh): 24 + 240 for two,
+# 24 + 160 for three (192 query rows); both fill 64512 of the 65536 registers.
+REGISTERS = {2: (24, 240), 3: (24, 160)}
+CONSUMERS = 2                       # the default tile's consumer warpgroups
 BLOCK_M = CONSUMERS * CONSUMER_ROWS
-NUM_WARPS = 4 * (1 + CONSUMERS)     # the producer warpgroup too
-THREADS = NUM_WARPS * 32
-PRODUCER_REGISTERS, CONSUMER_REGISTERS = 24, 240    # setmaxnreg.dec / .inc (fwd_config.cuh)
-LAUNCH_REGISTERS = 65536 // THREADS // 8 * 8        # what ptxas may give a thread at launch (168)
+BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
+PRODUCER_REGISTERS, CONSUMER_REGISTERS = REGISTERS[CONSUMERS]
 HEAD_DIMS = (64, 128, 256)
 PANEL_COLUMNS = 64                  # a TMA box's columns: one 128-byte swizzle span of 16-bit elements
 TILE_ALIGNMENT = 1024               # the swizzle atom: slack to align the base at run time
 BARRIER_BYTES = 8
-# Key-tile width by head dim: 128 keys where Q + two K/V stages fit (d <= 128: 160 KiB at d=128);
-# at d=256 a 128-key tile needs 320 KiB with two stages, so 64 keys (193 KiB).  S (block_n / 2
-# floats) and O (head_dim / 2) per consumer thread: 64 + 64 at d=128, 32 + 128 at d=256.
-BLOCK_N = {64: 128, 128: 128, 256: 64}
+# Key tiles: whole 16-key k-steps of O += P V and one wgmma N (S = Q K^T) of at most 256.
+BLOCK_N_STEP, BLOCK_N_MIN, BLOCK_N_MAX = 16, 64, 256
+# The tile (block_m, block_n) by head dim, from the H200 tile sweep under rung "overlap" (the same
+# rounds as cuDNN: bench/results/2026-12-02-h200-sm90a-tiles.json, docs/fa3-notes.md):
+#   d=64:  192 x 128, three consumers: the softmax (exp-bound at d=64) of three warpgroups hides
+#          under the others' GEMMs; +10-20% over 128 x 128 (506 vs 421 TFLOP/s at s=8k);
+#   d=128: 128 x 176 (FlashAttention-3's non-causal tile): S 88 + P 44 + O 64 registers of the 240;
+#          +5-8% at s >= 8k, the same at s=2k;
+#   d=256: 128 x 80: Q 64 KiB + two K/V stages of 40 KiB each fit 227 KiB; +6-12% over 128 x 64.
+TILES = {64: (192, 128), 128: (128, 176), 256: (128, 80)}
+# With two consumers (rung "pingpong" takes turns between two; a softcap's tanh needs more registers
+# than three consumers' 160 leave at d=64): 128 x 160 at d=64, the best two-consumer tile there.
+TWO_CONSUMER_TILES = {64: (128, 160), 128: (128, 176), 256: (128, 80)}
+# Rung "persistent" keeps more state live across work tiles: the tiles it was verified with, which
+# do not spill (d=256 spills even so and gets rung "tma": __init__.py spills).
+PERSISTENT_TILES = {64: (128, 128), 128: (128, 128), 256: (128, 64)}
+BLOCK_N = {d: bn for d, (_, bn) in TILES.items()}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
+
+
+def consumers(block_m: int) -> int:
+    return block_m // CONSUMER_ROWS
+
+
+def num_warps(block_m: int) -> int:
+    """The producer warpgroup and block_m / 64 consumer warpgroups."""
+    return 4 * (1 + consumers(block_m))
+
+
+def launch_registers(block_m: int) -> int:
+    """What ptxas may give a thread at launch (one CTA of num_warps(block_m) warps per SM)."""
+    return 65536 // (num_warps(block_m) * 32) // 8 * 8
+
+
+NUM_WARPS = num_warps(BLOCK_M)
+THREADS = NUM_WARPS * 32
+LAUNCH_REGISTERS = launch_registers(BLOCK_M)            # 168 for the default tile
 
 
 def _round_up(x: int, m: int) -> int:
@@ -56,11 +91,53 @@ def smem_limit(arch: int) -> int:
     return SMEM_LIMIT
 
 
-def choose_tiles(desc: AttentionDescriptor, arch: int) -> TileConfig:
-    """The forward tile for `desc` on sm_`arch`; ValueError (a planner reason) when there is none."""
-    if desc.head_dim not in BLOCK_N:
+TILES_VARIABLE = "ATTNPLAN_SM90A_TILES"
+
+
+def named_tiles(text: str, head_dim: int) -> Optional[tuple[int, int]]:
+    """The (block_m, block_n) that $ATTNPLAN_SM90A_TILES names for `head_dim` (an A/B or a bisection,
+    like $ATTNPLAN_SM90A_RUNG): comma-separated entries "BMxBN" (every head dim) or "D:BMxBN" (head
+    dim D only; these win); None where it names none.  ValueError for an entry it cannot read."""
+    every = only = None
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        dim, _, shape = entry.rpartition(":")
+        m, _, n = shape.partition("x")
+        if not (m.isdigit() and n.isdigit() and (not dim or dim.isdigit())):
+            raise ValueError(f"{TILES_VARIABLE}={text!r}: entry {entry!r} is not BMxBN or D:BMxBN "
+                             f"(for example 192x128 or 128:128x176)")
+        if not dim:
+            every = (int(m), int(n))
+        elif int(dim) == head_dim:
+            only = (int(m), int(n))
+    return only or every
+
+
+def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileConfig:
+    """The forward tile for `desc` on sm_`arch` under `rung`: the one $ATTNPLAN_SM90A_TILES names, or
+    the measured table's; ValueError (a planner reason) when there is none."""
+    if desc.head_dim not in TILES:
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a forward has tiles for head dims {list(HEAD_DIMS)}")
-    tiles = TileConfig(BLOCK_M, BLOCK_N[desc.head_dim], NUM_WARPS)
+    named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
+    if named:
+        tiles = TileConfig(named[0], named[1], num_warps(named[0]))
+        try:
+            check_tiles(desc.direction, tiles)
+            check_variant(tiles, STAGES, rung)
+        except ValueError as exc:
+            raise ValueError(f"{TILES_VARIABLE}={os.environ[TILES_VARIABLE]!r}: {exc}") from None
+        needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES)
+        if needed > smem_limit(arch):
+            raise ValueError(f"{TILES_VARIABLE}: the d={desc.head_dim} tile {named[0]}x{named[1]} needs {needed} "
+                             f"bytes of shared memory, sm_{arch} allows {smem_limit(arch)}")
+        return tiles
+    if rung == "persistent":
+        table = PERSISTENT_TILES
+    elif rung == "pingpong" or desc.softcap:
+        table = TWO_CONSUMER_TILES
+    else:
+        table = TILES
+    block_m, block_n = table[desc.head_dim]
+    tiles = TileConfig(block_m, block_n, num_warps(block_m))
     needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES)
     if needed > smem_limit(arch):
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a tile needs {needed} bytes of shared memory, "
@@ -76,11 +153,26 @@ def check_tiles(direction: str, tiles: TileConfig) -> None:
     """ValueError unless fwd.cu can be built with this (pinned) tile (its static_asserts)."""
     if direction != "forward":
         raise ValueError("the sm90a generation has no backward kernel")
-    if tiles.block_m != BLOCK_M or tiles.num_warps != NUM_WARPS:
-        raise ValueError(f"sm90a tile block_m={tiles.block_m}, num_warps={tiles.num_warps}: must be {BLOCK_M} "
-                         f"and {NUM_WARPS} ({CONSUMERS} consumer warpgroups of {CONSUMER_ROWS} rows + a producer)")
-    if tiles.block_n not in (64, 128):
-        raise ValueError(f"sm90a tile block_n={tiles.block_n}: must be 64 or 128")
+    if tiles.block_m not in BLOCK_MS:
+        raise ValueError(f"sm90a tile block_m={tiles.block_m}: must be one of {list(BLOCK_MS)} (two or three "
+                         f"consumer warpgroups of {CONSUMER_ROWS} rows)")
+    if tiles.num_warps != num_warps(tiles.block_m):
+        raise ValueError(f"sm90a tile num_warps={tiles.num_warps}: block_m={tiles.block_m} needs "
+                         f"{num_warps(tiles.block_m)} (a producer warpgroup + {consumers(tiles.block_m)} consumers)")
+    if not (BLOCK_N_MIN <= tiles.block_n <= BLOCK_N_MAX and tiles.block_n % BLOCK_N_STEP == 0):
+        raise ValueError(f"sm90a tile block_n={tiles.block_n}: must be a multiple of {BLOCK_N_STEP} in "
+                         f"{BLOCK_N_MIN}..{BLOCK_N_MAX}")
+
+
+def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
+    """ValueError for a (tile, stages, rung) the kernel's static_asserts refuse."""
+    if rung == "pingpong" and consumers(tiles.block_m) != 2:
+        raise ValueError(f"sm90a rung 'pingpong' takes turns between two consumers: block_m must be "
+                         f"{2 * CONSUMER_ROWS}, not {tiles.block_m}")
+    if not 1 <= stages <= 4:
+        raise ValueError(f"sm90a stages={stages}: must be 1 to 4")
+    if stages < 2 and rung != "tma":
+        raise ValueError(f"sm90a rung {rung!r} holds K_k and V_(k-1) at once: stages must be 2 or more, not {stages}")
 
 
 def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int = BLOCK_M, persistent_ctas: int = 0
