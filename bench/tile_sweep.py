@@ -42,12 +42,14 @@ CONFIGS = {
 # The sm90a forward, `--vary rungs`: (rung, K/V stages) on the generation's own tile per head dim;
 # three stages fit 227 KB up to d=128 (tiles.shared_memory_bytes), not at d=256.
 SM90A_CONFIGS = {128: [(rung, 2) for rung in sm90a.RUNGS], 256: [(rung, 2) for rung in sm90a.RUNGS]}
-# `--vary tiles`: (block_m, block_n) under the default rung with two stages, the tiles whose kernels do
-# not spill there (tests/test_sm90a_forward.py); block_m 192 is three consumer warpgroups.  The
-# non-causal-only ones (`causal` False) spill or lose their point with a causal mask.
-SM90A_TILES = {64: [(128, 128), (128, 160), (128, 192), (128, 224), (192, 128)],
-               128: [(128, 128), (128, 144), (128, 160), (128, 176), (128, 192, False), (192, 64), (192, 80)],
-               256: [(128, 64), (128, 80)]}
+# `--vary tiles`: (block_m, block_n[, options]) under the default rung (options may name another
+# "rung", "stages" (default 2), or "causal": False for a non-causal-only candidate), the tiles whose
+# kernels do not spill there (tests/test_sm90a_forward.py); block_m 192 is three consumer warpgroups.
+SM90A_TILES = {64: [(128, 128), (128, 160), (128, 192), (128, 224), (192, 128), (192, 128, {"stages": 3}),
+                    (192, 112), (192, 96), (192, 80)],
+               128: [(128, 128), (128, 144), (128, 160), (128, 176), (128, 192, {"causal": False}), (192, 64),
+                     (192, 80), (128, 176, {"rung": "pingpong"}), (128, 128, {"rung": "pingpong"})],
+               256: [(128, 64), (128, 80), (128, 80, {"rung": "pingpong"})]}
 GENERATIONS = {"sm80": sm80.GENERATION, "sm90a": sm90a.GENERATION}
 
 
@@ -56,8 +58,14 @@ def candidates(generation: str, direction: str, head_dim: int, vary: str = "rung
     """The configs to compare, as the pinned-config dicts NvrtcBackend.build takes."""
     if generation == "sm90a" and vary == "tiles":
         cfgs = next(c for limit, c in sorted(SM90A_TILES.items()) if head_dim <= limit)
-        return [{"rung": sm90a.RUNG, "block_m": bm, "block_n": bn, "num_warps": sm90a.tiles.num_warps(bm), "stages": 2}
-                for bm, bn, *only in cfgs if not (causal and only and only[0] is False)]
+        out = []
+        for bm, bn, *rest in cfgs:
+            options = rest[0] if rest else {}
+            if causal and options.get("causal", True) is False:
+                continue
+            out.append({"rung": options.get("rung", sm90a.RUNG), "block_m": bm, "block_n": bn,
+                        "num_warps": sm90a.tiles.num_warps(bm), "stages": options.get("stages", 2)})
+        return out
     if generation == "sm90a":
         cfgs = next(c for limit, c in sorted(SM90A_CONFIGS.items()) if head_dim <= limit)
         return [{"rung": rung, "stages": stages} for rung, stages in cfgs]

@@ -172,8 +172,12 @@ def test_chosen_tiles_fit_and_follow_the_rung_and_features():
     assert chosen(64, softcap=30.0) == (128, 160) and chosen(128, softcap=30.0) == (128, 176)
     assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 128), (128, 64)]
     assert tiles.shared_memory_bytes(256, 128, 96, 2) > 227 * 1024            # why d=256 stops at 80 keys
-    for consumers, (producer, consumer) in tiles.REGISTERS.items():
-        assert producer * 128 + consumer * 128 * consumers <= 65536
+    for consumers in tiles.REGISTERS:
+        for rung in sm90a.RUNGS:
+            producer, consumer = tiles.register_budgets(64 * consumers, rung)
+            # what the .dec frees must cover the .inc: within the launch allocation (else a hang)
+            pool = tiles.launch_registers(64 * consumers) * 128 * (1 + consumers)
+            assert producer * 128 + consumer * 128 * consumers <= pool, (consumers, rung)
     assert tiles.launch_registers(192) == 128 and tiles.launch_registers(128) == 168
 
 
@@ -377,13 +381,15 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
                 "UTMASTG.4D": panels, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
+    # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
+    assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung == "persistent" else 0)
     assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages                  # mbarrier.init: Q's two, the ring's
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
     assert not [op for op in ops if op.startswith(("LDL", "STL"))] and info.spill_bytes == 0
     assert info.stack_bytes == 0
     # Registers: the launch count fits 384 threads in the register file; the consumer code stays
     # inside its setmaxnreg budget and the producer's code inside its own.
-    producer_budget, consumer_budget = tiles.REGISTERS[tiles.consumers(key.tiles.block_m)]
+    producer_budget, consumer_budget = tiles.register_budgets(key.tiles.block_m, key.rung)
     assert key.tiles.num_warps == tiles.num_warps(key.tiles.block_m)
     assert info.registers <= tiles.launch_registers(key.tiles.block_m)
     registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
@@ -571,12 +577,22 @@ def test_encode_gives_cuda_bindings_its_own_integer_types():
 
 GATED = AttentionDescriptor(batch=2, seqlen_q=1024, seqlen_kv=1024, heads_q=8, heads_kv=8, head_dim=128,
                             dtype="bf16", causal=True)
+GATED_RUNG = "pingpong"          # causal d=128's default rung (sm90a.choose_rung)
 
 
 def test_listed_after_sm80_and_nameable():
     names = [b.name for b in registry.backends()]
     assert names.index(NAME) == names.index("nvrtc.sm80") + 1
-    assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == sm90a.RUNG == "overlap"
+    assert sm90a.GENERATION.compile_arch(90) == "sm_90a" and sm90a.GENERATION.rung(GATED, 90) == GATED_RUNG
+
+
+def test_the_default_rung_is_the_measured_one_per_head_dim_and_masking(monkeypatch):
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
+    for head_dim in tiles.HEAD_DIMS:
+        for causal in (False, True):
+            desc = attrs.evolve(GATED, head_dim=head_dim, head_dim_v=head_dim, causal=causal)
+            expected = "pingpong" if causal and head_dim in (128, 256) else "overlap"
+            assert sm90a.choose_rung(desc, 90) == expected, (head_dim, causal)
     assert sm90a.GENERATION.verification == Path(sm90a.__file__).with_name("verified.json")
 
 
@@ -596,18 +612,19 @@ def test_each_rung_is_its_own_kernel_named_in_the_key_and_the_sku(monkeypatch):
         assert backend.dispatch_key(GATED, SM90, {"rung": rung}).rung == rung
     assert len(names) == len(sm90a.RUNGS)
     monkeypatch.delenv(sm90a.RUNG_VARIABLE)
-    assert backend.dispatch_key(GATED, SM90).rung == sm90a.RUNG
+    assert backend.dispatch_key(GATED, SM90).rung == GATED_RUNG
     plan = Plan.select(GATED, "sm_90", prefer=NAME, restrict=True)
-    assert plan.sku.config_dict["rung"] == sm90a.RUNG and plan.sku.kernel.endswith(f"_{sm90a.RUNG}_causal_sm90a")
+    assert plan.sku.config_dict["rung"] == GATED_RUNG and plan.sku.kernel.endswith(f"_{GATED_RUNG}_causal_sm90a")
 
 
 def test_problems_whose_overlapped_kernel_would_spill_get_the_tma_rung(monkeypatch):
     monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
     backend = NvrtcBackend(sm90a.GENERATION)
     d256 = attrs.evolve(GATED, head_dim=256, head_dim_v=256, scale=256 ** -0.5)
-    assert backend.dispatch_key(d256, SM90).rung == sm90a.RUNG == "overlap"
+    assert backend.dispatch_key(d256, SM90).rung == "pingpong"
+    assert backend.dispatch_key(attrs.evolve(d256, causal=False), SM90).rung == "overlap"
     assert backend.dispatch_key(attrs.evolve(d256, alibi=True), SM90).rung == "tma"
-    assert backend.dispatch_key(attrs.evolve(GATED, alibi=True), SM90).rung == "overlap"
+    assert backend.dispatch_key(attrs.evolve(GATED, alibi=True), SM90).rung == "pingpong"
     assert sm90a.spills(d256, "persistent") and not sm90a.spills(GATED, "persistent")
     monkeypatch.setenv(sm90a.RUNG_VARIABLE, "pingpong")            # named: honoured
     assert backend.dispatch_key(attrs.evolve(d256, alibi=True), SM90).rung == "pingpong"
@@ -656,21 +673,21 @@ def test_unverified_it_is_rejected_with_the_gates_reason_unless_opted_in(monkeyp
     backend = registry.get(NAME)
     monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
     verdict = explain(GATED, "sm_90").of(NAME)
-    assert not verdict.accepted and f"not verified on a GPU yet (rung {sm90a.RUNG!r})" in verdict.reasons[0]
+    assert not verdict.accepted and f"not verified on a GPU yet (rung {GATED_RUNG!r})" in verdict.reasons[0]
     assert NAME not in explain(GATED, "sm_90").ranking
     assert Plan.select(GATED, "sm_90").sku.backend != NAME
     assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted
     monkeypatch.setenv("ATTNPLAN_UNVERIFIED", NAME)
     assert explain(GATED, "sm_90").of(NAME).accepted
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED")
-    record.write_text(json.dumps({"rungs": {sm90a.RUNG: {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
+    record.write_text(json.dumps({"rungs": {GATED_RUNG: {"device": "NVIDIA H200", "date": "x", "results": "y"}}}))
     assert explain(GATED, "sm_90").of(NAME).accepted
 
 
 def test_the_shipped_record_decides_the_default_verdict(monkeypatch):
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
     verdict = explain(GATED, "sm_90").of(NAME)
-    assert verdict.accepted == (sm90a.RUNG in verified_rungs(sm90a.VERIFICATION))
+    assert verdict.accepted == (GATED_RUNG in verified_rungs(sm90a.VERIFICATION))
 
 
 DECLINED = {

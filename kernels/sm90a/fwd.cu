@@ -37,29 +37,38 @@
 namespace attn {
 namespace sm90a {
 
-// The CTA's work tiles: one (its grid coordinate, heaviest first) or, in a persistent grid, work
-// indices blockIdx.x, blockIdx.x + gridDim.x, ... in tile_scheduler.cuh's order.
-struct WorkSchedule {
-  int index;
+// The CTA's work tiles.  Without a persistent grid: one, its grid coordinate (heaviest first).  In a
+// persistent grid (rung "persistent"): work indices in tile_scheduler.cuh's order, handed out
+// dynamically -- the CTA's first is blockIdx.x, each next one gridDim.x + atomicAdd(p.tile_counter, 1)
+// (the runner zeroes the counter before each launch), so that a CTA that finishes early takes the
+// next tile: Graham's list schedule over the longest-first order.  The producer thread draws the
+// indices and hands each to the consumers in the work slot with that tile's Q: it writes the slot
+// once Q's buffer is free (q_empty: both consumers are done with the previous tile, and so with the
+// slot), then arrives on q_full, whose completion the consumers wait for before reading it.  An index
+// past the last tile ends the CTA: the producer hands it over without a load.
+struct WorkQueue {
   int total;
   int num_m_blocks;
+  int heads;
+  int batch;
   int pairs_per_wave;
 
-  __device__ __forceinline__ static WorkSchedule start(const FwdParams& p) {
-    if constexpr (!kPersistentGrid) return WorkSchedule{0, 1, 0, 0};
+  __device__ __forceinline__ static WorkQueue of(const FwdParams& p) {
     const int num_m = (static_cast<int>(p.seqlen_q) + kBlockM - 1) / kBlockM;
+    const int heads = static_cast<int>(p.heads_q), batch = static_cast<int>(p.batch);
     const int group = static_cast<int>(p.heads_q / p.heads_kv);
-    return WorkSchedule{static_cast<int>(blockIdx.x), num_work_tiles(num_m, p.heads_q, p.batch), num_m,
-                        l2_wave_pairs(kWaveL2Bytes, p.seqlen_kv, kHeadDim, kTileElemBytes, group)};
+    return WorkQueue{num_work_tiles(num_m, heads, batch), num_m, heads, batch,
+                     l2_wave_pairs(kWaveL2Bytes, p.seqlen_kv, kHeadDim, kTileElemBytes, group)};
   }
-  __device__ __forceinline__ bool valid() const { return index < total; }
-  __device__ __forceinline__ void next() { index += kPersistentGrid ? static_cast<int>(gridDim.x) : 1; }
-  __device__ __forceinline__ TileCoord coord(const FwdParams& p) const {
-    if constexpr (!kPersistentGrid) return heaviest_first_tile();
-    const WorkTile t = work_tile(index, num_m_blocks, p.heads_q, p.batch, pairs_per_wave);
+  __device__ __forceinline__ TileCoord coord(int index) const {
+    const WorkTile t = work_tile(index, num_m_blocks, heads, batch, pairs_per_wave);
     return TileCoord{t.m_block, t.head, t.batch};
   }
 };
+
+__device__ __forceinline__ int next_work_index(const FwdParams& p) {
+  return static_cast<int>(gridDim.x) + atomicAdd(static_cast<int*>(p.tile_counter), 1);
+}
 
 // Work tile `coord` (false for a query tile past the sequence's end, which has no work).
 __device__ __forceinline__ bool work_of(const FwdParams& p, TileCoord coord, int ring, int round, TileWork& w,
@@ -122,19 +131,48 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
     setmaxnreg_dec<kProducerRegisters>();
     if (threadIdx.x != 0) return;
     prefetch_tensor_maps(p);
-    for (WorkSchedule s = WorkSchedule::start(p); s.valid(); s.next()) {
-      if (!work_of(p, s.coord(p), ring, round, w, seq, mask)) continue;
-      produce(p, smem, w);
+    if constexpr (!kPersistentGrid) {
+      if (!work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask)) return;
+      load_tiles(p, smem, w);
+      return;
+    }
+    const WorkQueue queue = WorkQueue::of(p);
+    for (int index = static_cast<int>(blockIdx.x);;) {
+      const bool valid = index < queue.total;
+      const bool has_work = valid && work_of(p, queue.coord(index), ring, round, w, seq, mask);
+      const int next = has_work ? next_work_index(p) : 0;  // drawn early: its latency hides under the loads
+      wait_q_free(smem, round);
+      *smem.work_slot() = index;
+      if (!has_work) {
+        mbarrier_arrive(smem.barrier(Layout::q_full()));  // the index alone: no tile, or the end
+        if (!valid) return;
+        ++round;
+        index = next_work_index(p);
+        continue;
+      }
+      load_tiles(p, smem, w);  // Q's arrive.expect_tx releases the slot's write with it
       ring += w.tiles.count();
       ++round;
+      index = next;
     }
-    return;
   }
   setmaxnreg_inc<kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int thread = static_cast<int>(threadIdx.x) % kWarpgroupThreads;
-  for (WorkSchedule s = WorkSchedule::start(p); s.valid(); s.next()) {
-    if (!work_of(p, s.coord(p), ring, round, w, seq, mask)) continue;
+  if constexpr (!kPersistentGrid) {
+    if (work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask)) consume_work(p, smem, w, seq, mask, consumer, thread);
+    return;
+  }
+  const WorkQueue queue = WorkQueue::of(p);
+  for (;;) {
+    mbarrier_wait_parity(smem.barrier(Layout::q_full()), consumer_wait_parity(q_state(round)));
+    const int index = *smem.work_slot();
+    if (index >= queue.total) return;
+    if (!work_of(p, queue.coord(index), ring, round, w, seq, mask)) {
+      mbarrier_arrive(smem.barrier(Layout::q_empty()));  // done with the slot
+      ++round;
+      continue;
+    }
     consume_work(p, smem, w, seq, mask, consumer, thread);
     ring += w.tiles.count();
     ++round;

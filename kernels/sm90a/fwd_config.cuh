@@ -46,12 +46,6 @@ constexpr int kWarpgroups = 1 + kConsumers;
 constexpr int kThreads = kWarpgroups * kWarpgroupThreads;
 constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
 
-// Register budgets after setmaxnreg (64K registers per SM, one CTA per SM): the producer keeps what a
-// loop of TMA issues needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S
-// kBlockN / 2, P kBlockN / 4).  Two consumers: 128 * 24 + 256 * 240 = 64512 <= 65536; three (192
-// query rows): 128 * 24 + 384 * 160 = 64512.
-constexpr int kProducerRegisters = 24;
-constexpr int kConsumerRegisters = kConsumers == 2 ? 240 : 160;
 constexpr int kRegisterFile = 65536;
 
 // The mainloop's schedule (fwd_mainloop.cuh consume_tiles):
@@ -66,6 +60,19 @@ constexpr Rung kRung = RUNG_PERSISTENT ? Rung::kPersistent
                        : RUNG_OVERLAP  ? Rung::kOverlap
                                        : Rung::kTma;
 constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
+
+// Register budgets after setmaxnreg (one CTA per SM): the producer keeps what a loop of TMA issues
+// needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S kBlockN / 2, P
+// kBlockN / 4).  setmaxnreg moves registers within what the CTA was launched with -- kThreads times
+// the launch count (65536 / kThreads rounded down to 8) -- so a consumer's .inc waits forever unless
+// the producers' .dec freed enough: producer * 128 + consumer * kConsumerThreads <= that pool.
+//   two consumers (384 threads, 168 at launch: 64512): 24 + 240 (64512);
+//   three (192 query rows; 512 threads, 128 at launch: 65536): 24 + 160 (64512);
+//   the persistent grid's producer also draws work indices and keeps the queue: 32 + 232 (63488)
+//   with two consumers, 32 + 160 (65536) with three.
+constexpr int kLaunchRegisters = kRegisterFile / kThreads / 8 * 8;
+constexpr int kProducerRegisters = kPersistentGrid ? 32 : 24;
+constexpr int kConsumerRegisters = kConsumers == 2 ? (kPersistentGrid ? 232 : 240) : 160;
 // A persistent wave's K and V stay within this much L2 (tile_scheduler.cuh l2_wave_pairs): half the
 // H100 / H200's 50 MB, so that the wave's tiles and what other traffic there is fit together.
 constexpr long long kWaveL2Bytes = 24LL << 20;
@@ -84,8 +91,9 @@ static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 
 static_assert(kRung != Rung::kPingPong || kConsumers == 2, "the ping-pong turns are between two consumers");
 static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup and the consumers'");
 static_assert(kStages >= 1 && kStages <= 4, "KV_STAGES: 1 to 4");
-static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <= kRegisterFile,
-              "the setmaxnreg budgets exceed the register file");
+static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
+                  kLaunchRegisters * kThreads,
+              "the setmaxnreg budgets exceed the registers the CTA is launched with (the .inc would never return)");
 
 using Layout = FwdLayout<kBlockM, kBlockN, kHeadDim, kStages>;
 constexpr int kSmemBytes = static_cast<int>(Layout::kBytes);

@@ -36,7 +36,9 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const SharedTil
     bulk_commit_group();
     bulk_wait_group_read<0>();  // the staging rows (and the CTA's shared memory) must outlive the store's reads
   }
-  if (thread == 0) mbarrier_arrive(smem.barrier(Layout::q_empty()));  // the next work tile's Q may land
+  // Every consumer thread releases Q's buffer and the work slot it read (thread 0 once its store has
+  // read the staging rows): each thread's arrive orders its own reads before the next tile's writes.
+  mbarrier_arrive(smem.barrier(Layout::q_empty()));
 }
 
 // This thread's two rows' LSE (one thread of each quad writes; rows past seqlen_q are skipped).

@@ -65,7 +65,9 @@ struct FwdLayout {
   // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s], then q_empty (a persistent CTA's next
   // Q waits for the epilogue, which stages the output in Q's rows, to have been stored).
   static constexpr int kNumBarriers = 2 + 4 * Stages;
-  static constexpr unsigned kBarrierRegionBytes = round_up_bytes(kNumBarriers * kBarrierBytes, 128);
+  // After the barriers: the work slot, one int (a persistent CTA's next work index), padded to 8 bytes.
+  static constexpr unsigned kWorkSlot = kBarriers + kNumBarriers * kBarrierBytes;
+  static constexpr unsigned kBarrierRegionBytes = round_up_bytes(kNumBarriers * kBarrierBytes + 8, 128);
   static constexpr unsigned kBytes = kBarriers + kBarrierRegionBytes + kTileAlignment;
 
   static_assert(HeadDim % kPanelColumns == 0, "the head dim is whole 64-column panels");

@@ -27,6 +27,10 @@ struct SharedTiles {
   __device__ __forceinline__ unsigned long long* barrier(int index) const {
     return reinterpret_cast<unsigned long long*>(base + Layout::kBarriers) + index;
   }
+  // The work index the producer hands the consumers with each Q (persistent grid: fwd.cu TileQueue).
+  __device__ __forceinline__ volatile int* work_slot() const {
+    return reinterpret_cast<volatile int*>(base + Layout::kWorkSlot);
+  }
 };
 
 // A tensor map of the parameter block (an Opaque field, backends/nvrtc/sm90a/runner.py).  The block
@@ -50,10 +54,10 @@ struct TileWork {
 };
 
 // Full barriers count the producer's one arrive (plus the TMA bytes); the ring's empty ones every
-// consumer thread; q_empty one thread of each consumer (once its output store has read the staging rows).
+// consumer thread; q_empty every consumer thread too (thread 0 once its output store has read the staging rows).
 __device__ __forceinline__ void init_barriers(const SharedTiles& smem) {
   mbarrier_init(smem.barrier(Layout::q_full()), 1);
-  mbarrier_init(smem.barrier(Layout::q_empty()), kConsumers);
+  mbarrier_init(smem.barrier(Layout::q_empty()), kConsumerThreads);
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {
     mbarrier_init(smem.barrier(Layout::k_full(s)), 1);
@@ -84,13 +88,20 @@ __device__ __forceinline__ void prefetch_tensor_maps(const FwdParams& p) {
 }
 
 // Q's barriers complete once per work tile: round r waits for phase r & 1 (the ring's rule, one buffer).
-__device__ __forceinline__ PipelineState q_state(const TileWork& w) { return pipeline_state(w.round, 1); }
+__device__ __forceinline__ PipelineState q_state(int round) { return pipeline_state(round, 1); }
+__device__ __forceinline__ PipelineState q_state(const TileWork& w) { return q_state(w.round); }
 
-__device__ __forceinline__ void produce(const FwdParams& p, const SharedTiles& smem, const TileWork& w) {
+// Q's buffer (and the work slot) are free for the CTA's work tile `round`: the previous tile's output
+// stores have read their staging rows.
+__device__ __forceinline__ void wait_q_free(const SharedTiles& smem, int round) {
+  mbarrier_wait_parity(smem.barrier(Layout::q_empty()), producer_wait_parity(q_state(round)));
+}
+
+// Q of work tile `w`, then K and V of every key tile it visits through the ring; Q's buffer must be free.
+__device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles& smem, const TileWork& w) {
   const TmaDescriptor* q_map = tensor_map(p.q_map);
   const TmaDescriptor* k_map = tensor_map(p.k_map);
   const TmaDescriptor* v_map = tensor_map(p.v_map);
-  mbarrier_wait_parity(smem.barrier(Layout::q_empty()), producer_wait_parity(q_state(w)));
   load_tile<kBlockM>(smem.bytes(Layout::kQ), q_map, smem.barrier(Layout::q_full()), Layout::kQBytes, w.m0, w.h, w.b);
   const int num_tiles = w.tiles.count();
   for (int k = 0; k < num_tiles; ++k) {

@@ -15,7 +15,8 @@
 #      flash (ATTNPLAN_UNVERIFIED=nvrtc.sm90a; $BENCH_HEAD_DIMS, $BENCH_SEQLENS).
 # Logs under $OUT (8 files): ladder.log (summary), pytest.log, cases.jsonl (one line per case, every
 # rung), sanitizer.log, rungs.log, rungs.json, bench.log, bench.json.  Stage limits (seconds):
-# LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT; SKIP_TIMING=1 stops after the sanitizers.
+# LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT; SKIP_TIMING=1 stops after the sanitizers,
+# SKIP_BENCH=1 after the sweep.
 # $ATTNPLAN_SM90A_TILES (backends/nvrtc/sm90a/tiles.py) runs the ladder on other tiles.
 # Exit status: 0 only if every stage passed.
 #
@@ -95,6 +96,7 @@ say "rung sweep rc=$sweep: $(elapsed)"
 grep "TFLOP/s\|WRONG\|failed" "$OUT/rungs.log" | tee -a "$LOG"
 
 unset ATTNPLAN_SM90A_RUNG
+if [ "${SKIP_BENCH:-0}" = 1 ]; then say "bench skipped (SKIP_BENCH=1)"; [ $sweep -eq 0 ]; exit; fi
 ATTNPLAN_UNVERIFIED=nvrtc.sm90a timeout "${BENCH_TIMEOUT:-150}" python3 -m attnplan.cli bench --directions forward \
   --dtypes bf16 --head-dims "${BENCH_HEAD_DIMS:-64,128,256}" --seqlens "${BENCH_SEQLENS:-2048,4096,8192,16384}" \
   --causal both --backends nvrtc,cudnn --peers torch.flash,torch.cudnn --repeats 10 \

@@ -1,8 +1,8 @@
 """The sm_90a kernel generation (kernels/sm90a/fwd.cu: TMA, wgmma, warp specialization), Hopper only,
 compiled for sm_90a: tiles.py chooses the tiles and sizes shared memory, runner.py encodes the TMA
 maps (tma.py) and launches.  Gated per rung: the planner chooses a rung only once a GPU run has
-verified it (verified.json lists tma, overlap, pingpong and persistent: H200, 2026-12-01;
-tests/gpu/sm90a_ladder.sh writes the evidence).
+verified it (verified.json lists tma, overlap, pingpong and persistent: H200, 2026-12-02, on the
+measured tiles; tests/gpu/sm90a_ladder.sh writes the evidence).
 
 Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal), dense bshd, every mask
 feature (causal either alignment, sliding window, sink tokens), softcap, ALiBi, sink logits,
@@ -28,9 +28,12 @@ VERIFICATION = Path(__file__).with_name("verified.json")
 # overlap of the softmax with the GEMMs; "pingpong" adds the consumers' turns on named barriers;
 # "persistent" is "overlap" in a persistent grid (about one CTA per SM walking the work tiles).
 RUNGS = ("tma", "overlap", "pingpong", "persistent")
-# What a problem gets unless $ATTNPLAN_SM90A_RUNG names another: the fastest in the H200 rung sweep
-# (bench/results/2026-12-01-h200-sm90a-rungs-ladder.json, docs/fa3-notes.md) at every head dim.
+# What a problem gets unless $ATTNPLAN_SM90A_RUNG names another: the fastest in the H200 sweeps on
+# the measured tiles (bench/results/2026-12-02-h200-sm90a-*.json, docs/fa3-notes.md): "overlap",
+# except that causal problems at d=128 and d=256 get "pingpong" (their short rows gain 2-6% from the
+# turns, e.g. d=128 s=2k 450 vs 424 TFLOP/s; non-causal and long rows are within 1.5% either way).
 RUNG = "overlap"
+CAUSAL_PINGPONG_HEAD_DIMS = (128, 256)
 RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
 
 
@@ -50,7 +53,8 @@ def choose_rung(desc, arch: int) -> str:
         raise ValueError(f"{RUNG_VARIABLE}={named!r}: the sm90a rungs are {', '.join(RUNGS)}")
     if named:
         return named
-    return "tma" if spills(desc, RUNG) else RUNG
+    rung = "pingpong" if desc.causal and desc.head_dim in CAUSAL_PINGPONG_HEAD_DIMS else RUNG
+    return "tma" if spills(desc, rung) else rung
 
 
 def _forward_shared_memory(key: DispatchKey) -> int:

@@ -1,10 +1,12 @@
 """The sm90a forward at run time: the parameter block with its four TMA maps, and the launch.
 
-Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / 128), heads_q, batch), 384
-threads, one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map).
+Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / block_m), heads_q, batch) or the
+persistent rung's (min(work tiles, SMs), 1, 1), 384 threads (512 with three consumers, block_m 192),
+one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map, and tile_counter: the
+persistent rung's work counter, one int32 per stream, zeroed by a memset before each launch).
 
 The maps are tiled CUtensorMaps (tma.py) over the caller's bshd arrays, dims (head_dim, rows,
-heads, batch): q in boxes of (64 columns, 128 rows), k and v (64, block_n), out (64, 64) (each
+heads, batch): q in boxes of (64 columns, block_m rows), k and v (64, block_n), out (64, 64) (each
 consumer warpgroup stores its own 64 rows).  A map holds its tensor's address, so it is encoded per
 pointer; what depends on the arrays' layout only (the map parameters, the strides of the block) is
 worked out once per argument signature, and the filled block is kept per (signature, pointers): a
@@ -30,9 +32,11 @@ from . import tiles, tma
 FORWARD_KERNEL = "attn_fwd_kernel"
 MAP_FIELDS = ("q_map", "k_map", "v_map", "o_map")
 TENSOR_MAP = params.Opaque(size=tma.TENSOR_MAP_BYTES, align=64)
-FORWARD_PARAMS = params.STANDARD["forward"].extended([(name, TENSOR_MAP) for name in MAP_FIELDS])
+# tile_counter: the persistent rung's work counter (one int32 per stream, zeroed before each launch).
+FORWARD_PARAMS = params.STANDARD["forward"].extended([(name, TENSOR_MAP) for name in MAP_FIELDS]
+                                                      + [("tile_counter", "ptr")])
 FORWARD_PER_CALL = ("q", "k", "v", "out", "lse", "alibi_slopes", "sink_logits", "cu_seqlens_q", "cu_seqlens_kv",
-                    "block_table", "seqlens_kv", "dropout_seed") + MAP_FIELDS
+                    "block_table", "seqlens_kv", "dropout_seed", "tile_counter") + MAP_FIELDS
 FILLED_BLOCKS = 64           # filled parameter blocks kept per runner (distinct pointer sets)
 
 
@@ -79,9 +83,9 @@ class Template:
 class ForwardRunner:
     """Launches the sm90a forward for bound arguments (the module loads on first use)."""
 
-    notes = ("forward: one CTA per (query tile, head, batch), or about one per SM in the persistent rung; a TMA "
-             "producer warpgroup and two wgmma consumer "
-             "warpgroups of 64 rows; no atomics")
+    notes = ("forward: one CTA per (query tile, head, batch), or about one per SM in the persistent rung (work "
+             "drawn from an atomic counter; the output does not depend on the order); a TMA producer warpgroup "
+             "and two or three wgmma consumer warpgroups of 64 rows")
 
     def __init__(self, desc: AttentionDescriptor, key: DispatchKey, cubin: bytes, shared: dict, device: Device,
                  struct: params.StructLayout):
@@ -96,6 +100,8 @@ class ForwardRunner:
         self._templates = LayoutCache()
         self._encoded: dict = {}             # (TensorMapParams, address) -> 128 bytes
         self._filled: dict = {}              # (signature, pointers) -> filled block
+        self.persistent = bool(persistent)
+        self._counters: dict = {}            # stream handle -> the persistent rung's int32 work counter
 
     def kernel(self):
         if self._kernel is None:
@@ -123,9 +129,22 @@ class ForwardRunner:
             self._encoded[cache_key] = blob
         return blob
 
-    def block(self, bound, out, lse):
+    def counter(self, handle: int) -> int:
+        """The device address of the persistent rung's work counter for stream `handle` (0 for the other
+        rungs): one per stream, so that launches on different streams never share one."""
+        if not self.persistent:
+            return 0
+        buffer = self._counters.get(handle)
+        if buffer is None:
+            import cupy
+            with cupy.cuda.Device(self.device.index):
+                buffer = cupy.zeros(1, dtype=cupy.int32)
+            self._counters[handle] = buffer
+        return int(buffer.data.ptr)
+
+    def block(self, bound, out, lse, counter: int = 0):
         """The filled parameter block for these arguments (kept per signature and pointers)."""
-        pointers = pointer_values(bound, out, lse)
+        pointers = {**pointer_values(bound, out, lse), "tile_counter": counter}
         cache_key = (bound.signature, tuple(pointers.values())) if bound.signature is not None else None
         filled = self._filled.get(cache_key) if cache_key is not None else None
         if filled is None:
@@ -142,6 +161,11 @@ class ForwardRunner:
 
     def __call__(self, bound, out, lse) -> None:
         kernel = self.kernel()                 # first: the context current for the map encoding
-        filled = self.block(bound, out, lse)
         handle = stream_handle(bound.stream, bound.q.origin)
+        counter = self.counter(handle)
+        filled = self.block(bound, out, lse, counter)
+        if counter:
+            # the persistent CTAs draw work indices from it (kernels/sm90a/fwd.cu WorkQueue): zero, in stream order
+            import cupy
+            cupy.cuda.runtime.memsetAsync(counter, 0, 4, handle)
         launcher.launch(kernel, self.grid, filled, handle)

@@ -25,8 +25,11 @@ SMEM_LIMIT = 227 * 1024             # dynamic shared memory a block may have on 
 WARPGROUP_THREADS = 128
 CONSUMER_ROWS = 64                  # query rows per consumer warpgroup: one m64 wgmma
 # setmaxnreg budgets (producer, consumer) by consumer warpgroups (fwd_config.cuh): 24 + 240 for two,
-# 24 + 160 for three (192 query rows); both fill 64512 of the 65536 registers.
+# 24 + 160 for three (192 query rows).  setmaxnreg only moves registers within the CTA's launch
+# allocation (launch_registers x threads: 64512 with two consumers, 65536 with three), which the
+# budgets must fit.  The persistent rung's producer (it also draws the work indices) keeps 32.
 REGISTERS = {2: (24, 240), 3: (24, 160)}
+PERSISTENT_REGISTERS = {2: (32, 232), 3: (32, 160)}
 CONSUMERS = 2                       # the default tile's consumer warpgroups
 BLOCK_M = CONSUMERS * CONSUMER_ROWS
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
@@ -35,6 +38,7 @@ HEAD_DIMS = (64, 128, 256)
 PANEL_COLUMNS = 64                  # a TMA box's columns: one 128-byte swizzle span of 16-bit elements
 TILE_ALIGNMENT = 1024               # the swizzle atom: slack to align the base at run time
 BARRIER_BYTES = 8
+WORK_SLOT_BYTES = 8                 # a persistent CTA's next work index (an int, padded)
 # Key tiles: whole 16-key k-steps of O += P V and one wgmma N (S = Q K^T) of at most 256.
 BLOCK_N_STEP, BLOCK_N_MIN, BLOCK_N_MAX = 16, 64, 256
 # The tile (block_m, block_n) by head dim, from the H200 tile sweep under rung "overlap" (the same
@@ -59,6 +63,11 @@ def consumers(block_m: int) -> int:
     return block_m // CONSUMER_ROWS
 
 
+def register_budgets(block_m: int, rung: str) -> tuple[int, int]:
+    """The (producer, consumer) setmaxnreg counts of a kernel with this tile under this rung."""
+    return (PERSISTENT_REGISTERS if rung == "persistent" else REGISTERS)[consumers(block_m)]
+
+
 def num_warps(block_m: int) -> int:
     """The producer warpgroup and block_m / 64 consumer warpgroups."""
     return 4 * (1 + consumers(block_m))
@@ -79,11 +88,12 @@ def _round_up(x: int, m: int) -> int:
 
 
 def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2) -> int:
-    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows), the 2 + 4 * stages mbarriers
-    (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh FwdLayout::kBytes)."""
+    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows), the 2 + 4 * stages mbarriers and
+    the 8-byte work slot (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh
+    FwdLayout::kBytes)."""
     q = block_m * head_dim * dtype_bytes
     kv = 2 * stages * block_n * head_dim * dtype_bytes
-    barriers = _round_up((2 + 4 * stages) * BARRIER_BYTES, 128)
+    barriers = _round_up((2 + 4 * stages) * BARRIER_BYTES + WORK_SLOT_BYTES, 128)
     return q + kv + barriers + TILE_ALIGNMENT
 
 
