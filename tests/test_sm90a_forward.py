@@ -101,59 +101,71 @@ def test_a_rows_elements_live_in_one_quad(dump):
         assert len(threads) == 4 and max(threads) - min(threads) == 3 and min(threads) % 4 == 0, (query, threads)
 
 
-def _config(dump, block_m, block_n, head_dim, stages):
-    return next(c for c in dump["configs"] if (c["block_m"], c["block_n"], c["head_dim"], c["stages"])
-                == (block_m, block_n, head_dim, stages))
+def _config(dump, block_m, block_n, head_dim, stages, head_dim_v):
+    return next(c for c in dump["configs"] if (c["block_m"], c["block_n"], c["head_dim"], c["stages"], c["head_dim_v"])
+                == (block_m, block_n, head_dim, stages, head_dim_v))
 
 
-CONFIGS = [(128, 128, 64, 2), (128, 128, 128, 2), (128, 64, 256, 2), (128, 128, 128, 3), (128, 64, 64, 1),
-           (192, 128, 64, 2), (128, 176, 128, 2), (128, 80, 256, 2), (128, 160, 64, 2)]
+# (block_m, block_n, head_dim, stages, head_dim_v): the tiles the kernels use and a few more
+CONFIGS = [(128, 128, 64, 2, 64), (128, 128, 128, 2, 128), (128, 64, 256, 2, 256), (128, 128, 128, 3, 128),
+           (128, 64, 64, 1, 64), (192, 128, 64, 2, 64), (128, 176, 128, 2, 128), (128, 80, 256, 2, 256),
+           (128, 160, 64, 2, 64), (128, 112, 192, 2, 192), (128, 128, 192, 2, 128)]
+CONFIG_ARGS = "block_m, block_n, head_dim, stages, head_dim_v"
 
 
-@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
-def test_every_wgmma_operand_element_is_read_where_tma_wrote_it(dump, block_m, block_n, head_dim, stages):
-    c = _config(dump, block_m, block_n, head_dim, stages)
+@pytest.mark.parametrize(CONFIG_ARGS, CONFIGS)
+def test_every_wgmma_operand_element_is_read_where_tma_wrote_it(dump, block_m, block_n, head_dim, stages, head_dim_v):
+    c = _config(dump, block_m, block_n, head_dim, stages, head_dim_v)
     for consumer in range(block_m // 64):
         read = c[f"q_read_{consumer}"]
         expected = [c["q"] + tma_box_byte(block_m, 64 * consumer + row, col)
                     for row in range(64) for col in range(head_dim)]
         assert read == expected, f"Q, consumer {consumer}"
     assert c["k_read"] == [tma_box_byte(block_n, key, col) for key in range(block_n) for col in range(head_dim)]
-    assert c["v_read"] == [tma_box_byte(block_n, key, col) for col in range(head_dim) for key in range(block_n)]
+    assert c["v_read"] == [tma_box_byte(block_n, key, col) for col in range(head_dim_v) for key in range(block_n)]
     assert [p for p, _ in c["q_panels"]] == [p * block_m * SPAN for p in range(head_dim // 64)]
     assert [column for _, column in c["q_panels"]] == [64 * p for p in range(head_dim // 64)]
     assert c["kv_panels"] == [p * block_n * SPAN for p in range(head_dim // 64)]
+    assert c["v_box_panels"] == [p * block_n * SPAN for p in range(head_dim_v // 64)]
+    assert (c["panels"], c["v_panels"]) == (head_dim // 64, head_dim_v // 64)
 
 
-@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
+@pytest.mark.parametrize(CONFIG_ARGS, CONFIGS)
 def test_output_is_staged_where_its_store_box_reads_in_the_consumers_own_rows(dump, block_m, block_n, head_dim,
-                                                                              stages):
-    c = _config(dump, block_m, block_n, head_dim, stages)
+                                                                              stages, head_dim_v):
+    c = _config(dump, block_m, block_n, head_dim, stages, head_dim_v)
     consumers = block_m // 64
     for consumer in range(consumers):
         staging, sources = c[f"staging_{consumer}"], c[f"store_source_{consumer}"]
-        assert staging == c[f"q_read_{consumer}"]                   # exactly the consumer's Q bytes
+        own = set(c[f"q_read_{consumer}"])
+        assert set(staging) <= own                                   # inside the consumer's Q bytes
+        assert len(sources) == head_dim_v // 64
         for index, at in enumerate(staging):
-            row, col = divmod(index, head_dim)
+            row, col = divmod(index, head_dim_v)
             panel, within = divmod(col, 64)
             assert at == sources[panel] + swizzle_128b(row * SPAN + within * 2)   # a (64, 64) box's layout
             assert sources[panel] % 1024 == 0
         others = {b for other in range(consumers) if other != consumer for a in c[f"q_read_{other}"] for b in (a, a + 1)}
         assert not others & {b for a in staging for b in (a, a + 1)}
-        assert len(set(staging)) == 64 * head_dim
+        assert len(set(staging)) == 64 * head_dim_v
+        if head_dim_v == head_dim:
+            assert staging == c[f"q_read_{consumer}"]               # exactly the consumer's Q bytes
 
 
-@pytest.mark.parametrize("block_m, block_n, head_dim, stages", CONFIGS)
-def test_shared_memory_regions(dump, block_m, block_n, head_dim, stages):
-    c = _config(dump, block_m, block_n, head_dim, stages)
-    assert c["bytes"] == tiles.shared_memory_bytes(head_dim, block_m, block_n, stages)
-    assert c["q_bytes"] == block_m * head_dim * 2 and c["kv_tile_bytes"] == block_n * head_dim * 2
-    regions = [(c["q"], c["q_bytes"])] + [(at, c["kv_tile_bytes"]) for at in c["k_tiles"] + c["v_tiles"]]
+@pytest.mark.parametrize(CONFIG_ARGS, CONFIGS)
+def test_shared_memory_regions(dump, block_m, block_n, head_dim, stages, head_dim_v):
+    c = _config(dump, block_m, block_n, head_dim, stages, head_dim_v)
+    assert c["bytes"] == tiles.shared_memory_bytes(head_dim, block_m, block_n, stages, head_dim_v=head_dim_v)
+    assert c["q_bytes"] == block_m * head_dim * 2
+    assert (c["k_tile_bytes"], c["v_tile_bytes"]) == (block_n * head_dim * 2, block_n * head_dim_v * 2)
+    regions = ([(c["q"], c["q_bytes"])] + [(at, c["k_tile_bytes"]) for at in c["k_tiles"]]
+               + [(at, c["v_tile_bytes"]) for at in c["v_tiles"]])
     regions.append((c["barriers"], 8 * c["num_barriers"]))
+    regions.append((c["work_slot"], 4))
     for (start, size), (next_start, _) in zip(regions, regions[1:]):
         assert start + size <= next_start
-    assert all(start % 1024 == 0 for start, _ in regions[:-1])
-    assert c["barriers"] + 8 * c["num_barriers"] + 1024 <= c["bytes"]            # the alignment slack
+    assert all(start % 1024 == 0 for start, _ in regions[:-2])
+    assert c["work_slot"] + 8 + 1024 <= c["bytes"]                                # the alignment slack
     assert sorted(c["barrier_index"]) == list(range(2 + 4 * stages))
 
 
@@ -301,6 +313,11 @@ def compile_matrix() -> dict:
                 for rung in sm90a.RUNGS:
                     descs.append((f"{dtype}-d{head_dim}-causal{int(causal)}-{rung}",
                                   _desc(dtype=dtype, head_dim=head_dim, causal=causal), rung))
+    for dtype in ("f16", "bf16"):                # V narrower than Q and K: 192 / 128
+        for causal in (False, True):
+            for rung in sm90a.RUNGS:
+                descs.append((f"{dtype}-d192x128-causal{int(causal)}-{rung}",
+                              _desc(dtype=dtype, head_dim=192, head_dim_v=128, causal=causal), rung))
     for name, extra in FEATURES.items():
         for head_dim in tiles.HEAD_DIMS:
             for rung in sorted({sm90a.RUNG, "pingpong"}):
@@ -369,7 +386,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     # The overlapped rungs issue S for tile 0 before the loop and the last P V after it: each GEMM twice.
     copies = 1 if key.rung == "tma" else 2
     assert len(ss) == copies * head_dim // 16 and all(f"HGMMA.64x{block_n}x16.F32{suffix} " in line for line in ss)
-    assert len(rs) == copies * block_n // 16 and all(f"HGMMA.64x{head_dim}x16.F32{suffix} " in line for line in rs)
+    assert len(rs) == copies * block_n // 16 and all(f"HGMMA.64x{key.head_dim_v}x16.F32{suffix} " in line for line in rs)
     assert len(ss) + len(rs) == len(hgmma)
     # Ping-pong: three turns (tile 0, the loop, the last P V), each a sync on the consumer's own turn
     # barrier and a hand-over arrive, plus consumer 1's first hand-over; no other rung arrives.
@@ -377,8 +394,9 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     turns = 3 if key.rung == "pingpong" else 0
     assert bars.get("BAR.ARV", 0) == (turns + 1 if turns else 0)
     assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 2 + turns       # __syncthreads, the staging barrier
-    expected = {"UTMALDG.4D": 3 * panels,          # Q, K, V: one box per 64-column panel
-                "UTMASTG.4D": panels, "UTMACCTL.PF": 4,
+    v_panels = key.head_dim_v // 64
+    expected = {"UTMALDG.4D": 2 * panels + v_panels,          # Q, K, V: one box per 64-column panel
+                "UTMASTG.4D": v_panels, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
     # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
@@ -699,7 +717,7 @@ DECLINED = {
     "fp8": (dict(dtype="e4m3"), "dtype 'e4m3' not supported"),
     "bhsd": (dict(layout="bhsd"), "layout 'bhsd' not supported"),
     "head_dim_96": (dict(head_dim=96), "head_dim=96 not supported"),
-    "head_dim_v": (dict(head_dim_v=64), "head_dim_v=64 must equal head_dim=128"),
+    "head_dim_v": (dict(head_dim_v=64), "head_dim_v=64 with head_dim=128: the sm90a forward takes head_dim_v == head_dim"),
     "f32": (dict(dtype="f32"), "dtype 'f32' not supported"),
 }
 
@@ -747,3 +765,32 @@ def test_the_tiles_variable_names_a_tile_per_head_dim_and_bad_ones_are_reasons(m
     monkeypatch.setenv(tiles.TILES_VARIABLE, "192x128")
     with pytest.raises(ValueError, match="two consumers"):
         tiles.choose_tiles(desc64, 90, "pingpong")
+
+
+def test_head_dim_192_and_192_by_128_are_built_but_gated_until_a_gpu_verifies_them(monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
+    for head_dim_v, tile in ((192, (128, 112)), (128, (128, 128))):
+        desc = _desc(head_dim=192, head_dim_v=head_dim_v, causal=True)
+        t = tiles.choose_tiles(desc, 90, sm90a.choose_rung(desc, 90))
+        assert (t.block_m, t.block_n) == tile
+        verdict = explain(desc, "sm_90").of(NAME)
+        assert not verdict.accepted
+        assert f"at head dims 192/{head_dim_v}; verified: 64/64, 128/128, 256/256" in verdict.reasons[0]
+        assert explain(desc, "sm_90", prefer=NAME).of(NAME).accepted           # the opt-in runs it
+    # V narrower than Q only as 192 / 128; a wide output with ALiBi keeps "tma" (the overlap would spill)
+    bad = _desc(head_dim=128, head_dim_v=64)
+    assert any("head_dim_v=64 with head_dim=128" in r and "128 with 192" in r
+               for r in explain(bad, "sm_90", prefer=NAME).of(NAME).reasons)
+    assert sm90a.choose_rung(_desc(head_dim=192, alibi=True), 90) == "tma"
+    assert sm90a.choose_rung(_desc(head_dim=192, head_dim_v=128, alibi=True), 90) == "overlap"
+
+
+def test_a_record_without_head_dims_verifies_every_head_dim(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
+    record = tmp_path / "verified.json"
+    record.write_text(json.dumps({"rungs": {r: {"device": "x", "date": "y", "results": "z"} for r in sm90a.RUNGS}}))
+    backend = registry.get(NAME)
+    monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
+    assert explain(_desc(head_dim=192, head_dim_v=128), "sm_90").of(NAME).accepted

@@ -54,10 +54,17 @@ class NvrtcBackend(Backend):
             rung = self.generation.rung(desc, device.arch)
         except ValueError:
             return []          # reasons() rejects the problem with this error
-        if rung in verified_rungs(record):
-            return []
-        return [f"not verified on a GPU yet (rung {rung!r}): the planner does not choose it; opt in with "
-                f"prefer={self.name!r} or ATTNPLAN_UNVERIFIED={self.name}"]
+        entry = verified_rungs(record).get(rung)
+        opt_in = f"the planner does not choose it; opt in with prefer={self.name!r} or ATTNPLAN_UNVERIFIED={self.name}"
+        if entry is None:
+            return [f"not verified on a GPU yet (rung {rung!r}): {opt_in}"]
+        # a record may name the (head_dim, head_dim_v) pairs it verified: kernels written since stay gated
+        pairs = entry.get("head_dims") if isinstance(entry, dict) else None
+        if pairs is not None and [desc.head_dim, desc.head_dim_v] not in [list(p) for p in pairs]:
+            verified = ", ".join(f"{d}/{v}" for d, v in pairs)
+            return [f"not verified on a GPU yet (rung {rung!r} at head dims {desc.head_dim}/{desc.head_dim_v}; "
+                    f"verified: {verified}): {opt_in}"]
+        return []
 
     def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
         missing = []

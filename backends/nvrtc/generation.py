@@ -80,7 +80,8 @@ class Generation:
     kernels_dir: Optional[Path] = None
     # Code written without a GPU lands gated: `rung(desc, arch)` names the variant a problem gets, and
     # the planner does not choose it until `verification` (a JSON record in the package: {"rungs":
-    # {rung: {"device", "date", "results"}}}, written by the GPU run) lists that rung.  None: verified.
+    # {rung: {"device", "date", "results"[, "head_dims": [[d, d_v], ...]]}}}, written by the GPU run)
+    # lists that rung (and, where the entry names head dims, the problem's pair).  None: verified.
     verification: Optional[Path] = None
     rung: Callable[[AttentionDescriptor, int], str] = lambda desc, arch: ""
     # Every rung a pinned config (a SKU's "rung") may name; () for a generation of one variant.

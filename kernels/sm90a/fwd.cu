@@ -91,9 +91,9 @@ __device__ __forceinline__ void consume_work(const FwdParams& p, const SharedTil
   const ScoreRules rules{mask, mods, kScoresInLog2 ? 1.f : mods.scale_l2, row_first,
                          imin(row_first + kConsumerRows, seq.seqlen_q) - 1};
 
-  float o[kHeadDim / 2];
+  float o[kHeadDimV / 2];
 #pragma unroll
-  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.f;
+  for (int i = 0; i < kHeadDimV / 2; ++i) o[i] = 0.f;
   OnlineSoftmax<kAccumulatorMTiles> softmax;
   softmax.init();
   consume_tiles(smem, w, consumer, thread, rules, o, softmax);

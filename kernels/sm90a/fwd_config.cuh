@@ -36,7 +36,8 @@ namespace sm90a {
 
 constexpr int kBlockM = BLOCK_M;
 constexpr int kBlockN = BLOCK_N;
-constexpr int kHeadDim = HEAD_DIM;
+constexpr int kHeadDim = HEAD_DIM;     // of Q and K
+constexpr int kHeadDimV = HEAD_DIM_V;  // of V and the output
 constexpr int kStages = KV_STAGES;  // K and V buffers each: the ring's depth
 
 // Warp roles: warpgroup 0 is the producer (one thread issues every TMA load; the rest idle), warpgroups
@@ -83,8 +84,9 @@ constexpr unsigned kFirstConsumerBarrier = 1;
 constexpr unsigned kFirstTurnBarrier = kFirstConsumerBarrier + kConsumers;
 constexpr unsigned kTurnThreads = 2 * kWarpgroupThreads;
 
-static_assert(HEAD_DIM_V == HEAD_DIM, "the sm90a forward needs head_dim_v == head_dim");
-static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "HEAD_DIM: 64, 128 or 256");
+static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 192 || kHeadDim == 256, "HEAD_DIM: 64, 128, 192 or 256");
+static_assert(kHeadDimV == kHeadDim || (kHeadDim == 192 && kHeadDimV == 128),
+              "HEAD_DIM_V: HEAD_DIM, or 128 with HEAD_DIM 192");
 static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 256, "BLOCK_N: a multiple of 16 in 64..256");
 static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 3),
               "BLOCK_M: two or three consumer warpgroups of 64 rows (the register budgets assume them)");
@@ -95,7 +97,7 @@ static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kCon
                   kLaunchRegisters * kThreads,
               "the setmaxnreg budgets exceed the registers the CTA is launched with (the .inc would never return)");
 
-using Layout = FwdLayout<kBlockM, kBlockN, kHeadDim, kStages>;
+using Layout = FwdLayout<kBlockM, kBlockN, kHeadDim, kStages, kHeadDimV>;
 constexpr int kSmemBytes = static_cast<int>(Layout::kBytes);
 // Cross-check of the Python formula (backends/nvrtc/sm90a/tiles.py: shared_memory_bytes), on every compile.
 #ifndef ATTN_EXPECTED_SMEM_BYTES
@@ -104,7 +106,7 @@ constexpr int kSmemBytes = static_cast<int>(Layout::kBytes);
 static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm90a tiles.shared_memory_bytes disagrees with the kernel");
 
 constexpr int kSTiles = kBlockN / 8;   // n8 column blocks of S (the [1][kSTiles][4] fragment)
-constexpr int kOTiles = kHeadDim / 8;  // of O
+constexpr int kOTiles = kHeadDimV / 8;  // of O
 constexpr int kPSteps = kBlockN / kWgmmaK;     // k-steps of O += P V
 constexpr int kQKSteps = kHeadDim / kWgmmaK;   // k-steps of S = Q K^T
 

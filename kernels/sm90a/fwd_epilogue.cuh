@@ -10,11 +10,11 @@
 namespace attn {
 namespace sm90a {
 
-// Consumer `consumer`'s 64 x kHeadDim output, rows row_first.. of head h of sequence b.  Called once
+// Consumer `consumer`'s 64 x kHeadDimV output, rows row_first.. of head h of sequence b.  Called once
 // the consumer's last S = Q K^T has completed (its Q rows are free) and after the Q load completed.
 __device__ __forceinline__ void store_output(const FwdParams& p, const SharedTiles& smem, const TileWork& w,
                                              int consumer, int thread, int row_first, int seqlen_q,
-                                             const float (&o)[kHeadDim / 2], const float (&out_scale)[2]) {
+                                             const float (&o)[kHeadDimV / 2], const float (&out_scale)[2]) {
 #pragma unroll
   for (int nt = 0; nt < kOTiles; ++nt)
 #pragma unroll
@@ -30,7 +30,7 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const SharedTil
   if (thread == 0 && row_first < seqlen_q) {
     const TmaDescriptor* o_map = tensor_map(p.o_map);
 #pragma unroll
-    for (int panel = 0; panel < Layout::kPanels; ++panel)
+    for (int panel = 0; panel < Layout::kVPanels; ++panel)
       tma_store_4d(o_map, smem.bytes(Layout::store_source(consumer, panel)), Layout::panel_column(panel), row_first,
                    w.h, w.b);
     bulk_commit_group();

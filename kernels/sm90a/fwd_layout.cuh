@@ -52,16 +52,21 @@ __host__ __device__ constexpr unsigned producer_wait_parity(PipelineState s) { r
 // its output in its own rows of Q (no other warpgroup reads them), so the output needs no buffer of
 // its own.  kBytes adds one atom of slack: the kernel aligns the dynamic shared memory's base up to
 // 1024 bytes at run time (a swizzled tile must start on an atom for the descriptor's base offset 0).
-template <int BlockM, int BlockN, int HeadDim, int Stages>
+// HeadDimV (the head dim of V and the output) may be below HeadDim (192 / 128): V tiles and the
+// output's boxes have HeadDimV / 64 panels, Q and K HeadDim / 64; the output is staged in the first
+// HeadDimV columns of the consumer's Q rows.
+template <int BlockM, int BlockN, int HeadDim, int Stages, int HeadDimV = HeadDim>
 struct FwdLayout {
-  static constexpr int kPanels = HeadDim / kPanelColumns;
+  static constexpr int kPanels = HeadDim / kPanelColumns;    // of Q and K
+  static constexpr int kVPanels = HeadDimV / kPanelColumns;  // of V and the output
   static constexpr int kConsumers = BlockM / kConsumerRows;
   static constexpr unsigned kQBytes = BlockM * HeadDim * kTileElemBytes;
-  static constexpr unsigned kKVTileBytes = BlockN * HeadDim * kTileElemBytes;
+  static constexpr unsigned kKTileBytes = BlockN * HeadDim * kTileElemBytes;
+  static constexpr unsigned kVTileBytes = BlockN * HeadDimV * kTileElemBytes;
   static constexpr unsigned kQ = 0;
   static constexpr unsigned kK = kQ + kQBytes;
-  static constexpr unsigned kV = kK + Stages * kKVTileBytes;
-  static constexpr unsigned kBarriers = kV + Stages * kKVTileBytes;
+  static constexpr unsigned kV = kK + Stages * kKTileBytes;
+  static constexpr unsigned kBarriers = kV + Stages * kVTileBytes;
   // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s], then q_empty (a persistent CTA's next
   // Q waits for the epilogue, which stages the output in Q's rows, to have been stored).
   static constexpr int kNumBarriers = 2 + 4 * Stages;
@@ -70,11 +75,12 @@ struct FwdLayout {
   static constexpr unsigned kBarrierRegionBytes = round_up_bytes(kNumBarriers * kBarrierBytes + 8, 128);
   static constexpr unsigned kBytes = kBarriers + kBarrierRegionBytes + kTileAlignment;
 
-  static_assert(HeadDim % kPanelColumns == 0, "the head dim is whole 64-column panels");
+  static_assert(HeadDim % kPanelColumns == 0 && HeadDimV % kPanelColumns == 0 && HeadDimV <= HeadDim,
+                "the head dims are whole 64-column panels, V's no wider than Q's (its staging rows)");
   static_assert(BlockM % kConsumerRows == 0 && BlockN % 16 == 0, "tiles are whole wgmma rows and k-steps");
 
-  __host__ __device__ static constexpr unsigned k_tile(int stage) { return kK + stage * kKVTileBytes; }
-  __host__ __device__ static constexpr unsigned v_tile(int stage) { return kV + stage * kKVTileBytes; }
+  __host__ __device__ static constexpr unsigned k_tile(int stage) { return kK + stage * kKTileBytes; }
+  __host__ __device__ static constexpr unsigned v_tile(int stage) { return kV + stage * kVTileBytes; }
 
   // Barrier indices into the barrier region.
   __host__ __device__ static constexpr int q_full() { return 0; }

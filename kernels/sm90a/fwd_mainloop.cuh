@@ -71,12 +71,12 @@ __device__ __forceinline__ void init_barriers(const SharedTiles& smem) {
 // -- The producer: one thread issues every load ---------------------------------------------------
 
 // One tile of `rows` rows starting at row `row0` of (head, batch), every panel, completing on `full`.
-template <int Rows>
+template <int Rows, int Panels = Layout::kPanels>
 __device__ __forceinline__ void load_tile(unsigned char* dst, const TmaDescriptor* map, unsigned long long* full,
                                           unsigned bytes, int row0, int head, int batch) {
   mbarrier_arrive_expect_tx(full, bytes);
 #pragma unroll
-  for (int panel = 0; panel < Layout::kPanels; ++panel)
+  for (int panel = 0; panel < Panels; ++panel)
     tma_load_4d(dst + Layout::panel(Rows, panel), map, full, Layout::panel_column(panel), row0, head, batch);
 }
 
@@ -109,10 +109,10 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles
     const int key0 = w.tiles.tile(k) * kBlockN;
     mbarrier_wait_parity(smem.barrier(Layout::k_empty(st.stage)), producer_wait_parity(st));
     load_tile<kBlockN>(smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
-                       Layout::kKVTileBytes, key0, w.hkv, w.b);
+                       Layout::kKTileBytes, key0, w.hkv, w.b);
     mbarrier_wait_parity(smem.barrier(Layout::v_empty(st.stage)), producer_wait_parity(st));
-    load_tile<kBlockN>(smem.bytes(Layout::v_tile(st.stage)), v_map, smem.barrier(Layout::v_full(st.stage)),
-                       Layout::kKVTileBytes, key0, w.hkv, w.b);
+    load_tile<kBlockN, Layout::kVPanels>(smem.bytes(Layout::v_tile(st.stage)), v_map,
+                                         smem.barrier(Layout::v_full(st.stage)), Layout::kVTileBytes, key0, w.hkv, w.b);
   }
 }
 
@@ -129,11 +129,11 @@ __device__ __forceinline__ void issue_qk(float (&s)[kBlockN / 2], unsigned long 
 }
 
 // O += P V: P from registers (A fragments), V MN-major (head dim contiguous: TransB = 1); issued.
-__device__ __forceinline__ void issue_pv(float (&o)[kHeadDim / 2], const unsigned (&pf)[kPSteps][4],
+__device__ __forceinline__ void issue_pv(float (&o)[kHeadDimV / 2], const unsigned (&pf)[kPSteps][4],
                                          unsigned long long v_desc) {
 #pragma unroll
   for (int kk = 0; kk < kPSteps; ++kk)
-    wgmma_rs<kHeadDim, in_t, 1>(o, pf[kk], descriptor_advance(v_desc, Layout::v_k_step(kk)), 1);
+    wgmma_rs<kHeadDimV, in_t, 1>(o, pf[kk], descriptor_advance(v_desc, Layout::v_k_step(kk)), 1);
 }
 
 // One GEMM as its own group, waited for: returns once the accumulators are final.
@@ -146,7 +146,7 @@ __device__ __forceinline__ void qk_gemm(float (&s)[kBlockN / 2], unsigned long l
   fence_accumulator(s);
 }
 
-__device__ __forceinline__ void pv_gemm(float (&o)[kHeadDim / 2], const unsigned (&pf)[kPSteps][4],
+__device__ __forceinline__ void pv_gemm(float (&o)[kHeadDimV / 2], const unsigned (&pf)[kPSteps][4],
                                         unsigned long long v_desc) {
   wgmma_fence();
   issue_pv(o, pf, v_desc);
@@ -193,7 +193,7 @@ __device__ __forceinline__ void score_tile(float (&s)[kBlockN / 2], int tile, in
 // GEMM waited for before the next step: wait K, S = Q K^T, release K, modifiers and mask, the online
 // softmax (O rescaled), P, wait V, O += P V, release V.
 __device__ __forceinline__ void consume_tiles_serial(const SharedTiles& smem, const TileWork& w, int consumer,
-                                                     int thread, const ScoreRules& rules, float (&o)[kHeadDim / 2],
+                                                     int thread, const ScoreRules& rules, float (&o)[kHeadDimV / 2],
                                                      OnlineSoftmax<kAccumulatorMTiles>& softmax) {
   const unsigned long long q_desc = encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(0), kBlockM));
   mbarrier_wait_parity(smem.barrier(Layout::q_full()), consumer_wait_parity(q_state(w)));
@@ -256,7 +256,7 @@ struct ConsumerTurns {
 template <bool kPingPong>
 __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem, const TileWork& w, int consumer,
                                                          int thread, const ScoreRules& rules,
-                                                         float (&o)[kHeadDim / 2],
+                                                         float (&o)[kHeadDimV / 2],
                                                          OnlineSoftmax<kAccumulatorMTiles>& softmax) {
   static_assert(kStages >= 2, "the overlapped mainloop holds K_k and V_(k-1) at once: two buffers at least");
   // Q must have landed even when no key tile is visible: the epilogue stages the output in its rows.
@@ -325,7 +325,7 @@ __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem
 
 // The rung's mainloop (fwd_config.cuh kRung).
 __device__ __forceinline__ void consume_tiles(const SharedTiles& smem, const TileWork& w, int consumer, int thread,
-                                              const ScoreRules& rules, float (&o)[kHeadDim / 2],
+                                              const ScoreRules& rules, float (&o)[kHeadDimV / 2],
                                               OnlineSoftmax<kAccumulatorMTiles>& softmax) {
   if constexpr (kRung == Rung::kPingPong)
     consume_tiles_overlapped<true>(smem, w, consumer, thread, rules, o, softmax);

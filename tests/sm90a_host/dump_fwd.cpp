@@ -73,14 +73,16 @@ void operand(const char* name, bool& first, bool mn_major, int mn_extent, int k_
   std::printf("]");
 }
 
-template <int BlockM, int BlockN, int HeadDim, int Stages>
+template <int BlockM, int BlockN, int HeadDim, int Stages, int HeadDimV = HeadDim>
 void config(bool comma) {
-  using L = FwdLayout<BlockM, BlockN, HeadDim, Stages>;
-  std::printf("%s{\"block_m\": %d, \"block_n\": %d, \"head_dim\": %d, \"stages\": %d, ", comma ? ", " : "", BlockM,
-              BlockN, HeadDim, Stages);
+  using L = FwdLayout<BlockM, BlockN, HeadDim, Stages, HeadDimV>;
+  std::printf("%s{\"block_m\": %d, \"block_n\": %d, \"head_dim\": %d, \"stages\": %d, \"head_dim_v\": %d, ",
+              comma ? ", " : "", BlockM, BlockN, HeadDim, Stages, HeadDimV);
   std::printf("\"bytes\": %u, \"q\": %u, \"k\": %u, \"v\": %u, \"barriers\": %u, \"num_barriers\": %d, "
-              "\"q_bytes\": %u, \"kv_tile_bytes\": %u, \"panels\": %d, ",
-              L::kBytes, L::kQ, L::kK, L::kV, L::kBarriers, L::kNumBarriers, L::kQBytes, L::kKVTileBytes, L::kPanels);
+              "\"q_bytes\": %u, \"k_tile_bytes\": %u, \"v_tile_bytes\": %u, \"panels\": %d, \"v_panels\": %d, "
+              "\"work_slot\": %u, ",
+              L::kBytes, L::kQ, L::kK, L::kV, L::kBarriers, L::kNumBarriers, L::kQBytes, L::kKTileBytes, L::kVTileBytes,
+              L::kPanels, L::kVPanels, L::kWorkSlot);
   std::printf("\"k_tiles\": [");
   for (int s = 0; s < Stages; ++s) std::printf("%s%u", s ? ", " : "", L::k_tile(s));
   std::printf("], \"v_tiles\": [");
@@ -91,6 +93,8 @@ void config(bool comma) {
   for (int p = 0; p < L::kPanels; ++p) std::printf("%s[%u, %d]", p ? ", " : "", L::panel(BlockM, p), L::panel_column(p));
   std::printf("], \"kv_panels\": [");
   for (int p = 0; p < L::kPanels; ++p) std::printf("%s%u", p ? ", " : "", L::panel(BlockN, p));
+  std::printf("], \"v_box_panels\": [");
+  for (int p = 0; p < L::kVPanels; ++p) std::printf("%s%u", p ? ", " : "", L::panel(BlockN, p));
   std::printf("], ");
   bool first = true;
   // A of S = Q K^T for each consumer: (query row within the consumer, head-dim column).
@@ -105,19 +109,19 @@ void config(bool comma) {
           [](unsigned start) { return k_major_tile_fields(kTileSwizzle, start, BlockN); },
           [](int kk) { return L::k_k_step(kk); });
   // B of O += P V, MN-major: listed as (head-dim column n, key k), from the V tile's start.
-  operand("v_read", first, true, HeadDim, BlockN,
+  operand("v_read", first, true, HeadDimV, BlockN,
           [](unsigned start) { return mn_major_tile_fields(kTileSwizzle, start, BlockN); },
           [](int kk) { return L::v_k_step(kk); });
   for (int consumer = 0; consumer < L::kConsumers; ++consumer) {
     const std::string name = "staging_" + std::to_string(consumer);
     list_begin(name.c_str(), first);
     for (int row = 0; row < kConsumerRows; ++row)
-      for (int col = 0; col < HeadDim; ++col)
+      for (int col = 0; col < HeadDimV; ++col)
         std::printf("%s%u", row || col ? ", " : "", L::staging(consumer, row, col));
     std::printf("]");
     const std::string source = "store_source_" + std::to_string(consumer);
     list_begin(source.c_str(), first);
-    for (int p = 0; p < L::kPanels; ++p) std::printf("%s%u", p ? ", " : "", L::store_source(consumer, p));
+    for (int p = 0; p < L::kVPanels; ++p) std::printf("%s%u", p ? ", " : "", L::store_source(consumer, p));
     std::printf("]");
   }
   std::printf("}");
@@ -140,6 +144,8 @@ int main() {
   config<128, 176, 128, 2>(true);
   config<128, 80, 256, 2>(true);
   config<128, 160, 64, 2>(true);
+  config<128, 112, 192, 2>(true);
+  config<128, 128, 192, 2, 128>(true);
   std::printf("]}\n");
   return 0;
 }

@@ -4,7 +4,8 @@ maps (tma.py) and launches.  Gated per rung: the planner chooses a rung only onc
 verified it (verified.json lists tma, overlap, pingpong and persistent: H200, 2026-12-02, on the
 measured tiles; tests/gpu/sm90a_ladder.sh writes the evidence).
 
-Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal), dense bshd, every mask
+Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal; 192, and 192 with head_dim_v
+128, are built and gated: verified.json names the head dims each rung was verified at), dense bshd, every mask
 feature (causal either alignment, sliding window, sink tokens), softcap, ALiBi, sink logits,
 GQA / MQA and the LSE.  Declined, with the planner's reasons: the backward pass, dropout, varlen and
 paged KV, an additive bias, fp8, the bhsd and thd layouts.
@@ -38,11 +39,15 @@ RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
 
 
 # Where an overlapped rung needs more registers than the consumers' setmaxnreg budget (S_k, P_(k-1)
-# and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): d=256
-# with ALiBi, and d=256 in the persistent grid.  Those problems get rung "tma" unless
-# $ATTNPLAN_SM90A_RUNG or a pinned config names the rung (which then runs, spilling).
+# and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): an
+# output of 192 or 256 columns (O is head_dim_v / 2 floats per thread) with ALiBi, or in the
+# persistent grid.  Those problems get rung "tma" unless $ATTNPLAN_SM90A_RUNG or a pinned config
+# names the rung (which then runs, spilling).
+WIDE_OUTPUT = 192
+
+
 def spills(desc, rung: str) -> bool:
-    return rung != "tma" and desc.head_dim == 256 and (desc.alibi or rung == "persistent")
+    return rung != "tma" and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or rung == "persistent")
 
 
 def choose_rung(desc, arch: int) -> str:
@@ -58,7 +63,8 @@ def choose_rung(desc, arch: int) -> str:
 
 
 def _forward_shared_memory(key: DispatchKey) -> int:
-    return tiles.shared_memory_bytes(key.head_dim, key.tiles.block_m, key.tiles.block_n, key.stages)
+    return tiles.shared_memory_bytes(key.head_dim, key.tiles.block_m, key.tiles.block_n, key.stages,
+                                     head_dim_v=key.head_dim_v)
 
 
 GENERATION = Generation(
@@ -66,7 +72,7 @@ GENERATION = Generation(
     capabilities=Capabilities(
         devices=frozenset({"cuda"}), min_arch=90, max_arch=90, dtypes=frozenset({"f16", "bf16"}),
         backward_dtypes=frozenset(), layouts=frozenset({"bshd"}), head_dims=frozenset(tiles.HEAD_DIMS),
-        head_dim_v_differs=False, directions=frozenset({"forward"}), dropout=False, dropout_in_backward=False,
+        head_dim_v_differs=True, directions=frozenset({"forward"}), dropout=False, dropout_in_backward=False,
         varlen=False, paged=False, paged_backward=False, bias=False, deterministic_backward=False,
     ),
     choose_tiles=tiles.choose_tiles,

@@ -34,7 +34,9 @@ CONSUMERS = 2                       # the default tile's consumer warpgroups
 BLOCK_M = CONSUMERS * CONSUMER_ROWS
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
 PRODUCER_REGISTERS, CONSUMER_REGISTERS = REGISTERS[CONSUMERS]
-HEAD_DIMS = (64, 128, 256)
+HEAD_DIMS = (64, 128, 192, 256)
+# (head_dim, head_dim_v) pairs with V narrower than Q and K: DeepSeek's 192 / 128.
+HEAD_DIM_V_PAIRS = ((192, 128),)
 PANEL_COLUMNS = 64                  # a TMA box's columns: one 128-byte swizzle span of 16-bit elements
 TILE_ALIGNMENT = 1024               # the swizzle atom: slack to align the base at run time
 BARRIER_BYTES = 8
@@ -48,14 +50,17 @@ BLOCK_N_STEP, BLOCK_N_MIN, BLOCK_N_MAX = 16, 64, 256
 #   d=128: 128 x 176 (FlashAttention-3's non-causal tile): S 88 + P 44 + O 64 registers of the 240;
 #          +5-8% at s >= 8k, the same at s=2k;
 #   d=256: 128 x 80: Q 64 KiB + two K/V stages of 40 KiB each fit 227 KiB; +6-12% over 128 x 64.
-TILES = {64: (192, 128), 128: (128, 176), 256: (128, 80)}
+TILES = {64: (192, 128), 128: (128, 176), 256: (128, 80),
+         # not yet measured (written without a GPU; gated in verified.json until a GPU run verifies them):
+         # 128 x 112 fits Q 48 KiB + two K/V stages of 42 KiB; S 56 + P 28 + O 96 registers
+         192: (128, 112), (192, 128): (128, 128)}
 # With two consumers (rung "pingpong" takes turns between two; a softcap's tanh needs more registers
 # than three consumers' 160 leave at d=64): 128 x 160 at d=64, the best two-consumer tile there.
-TWO_CONSUMER_TILES = {64: (128, 160), 128: (128, 176), 256: (128, 80)}
+TWO_CONSUMER_TILES = {64: (128, 160), 128: (128, 176), 256: (128, 80), 192: (128, 112), (192, 128): (128, 128)}
 # Rung "persistent" keeps more state live across work tiles: the tiles it was verified with, which
 # do not spill (d=256 spills even so and gets rung "tma": __init__.py spills).
-PERSISTENT_TILES = {64: (128, 128), 128: (128, 128), 256: (128, 64)}
-BLOCK_N = {d: bn for d, (_, bn) in TILES.items()}
+PERSISTENT_TILES = {64: (128, 128), 128: (128, 128), 256: (128, 64), 192: (128, 64), (192, 128): (128, 64)}
+BLOCK_N = {d: bn for d, (_, bn) in TILES.items() if isinstance(d, int)}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
 
 
@@ -87,12 +92,13 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2) -> int:
-    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows), the 2 + 4 * stages mbarriers and
+def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2,
+                        head_dim_v: Optional[int] = None) -> int:
+    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows; V head_dim_v wide), the 2 + 4 * stages mbarriers and
     the 8-byte work slot (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh
     FwdLayout::kBytes)."""
     q = block_m * head_dim * dtype_bytes
-    kv = 2 * stages * block_n * head_dim * dtype_bytes
+    kv = stages * block_n * (head_dim + (head_dim if head_dim_v is None else head_dim_v)) * dtype_bytes
     barriers = _round_up((2 + 4 * stages) * BARRIER_BYTES + WORK_SLOT_BYTES, 128)
     return q + kv + barriers + TILE_ALIGNMENT
 
@@ -127,6 +133,11 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
     the measured table's; ValueError (a planner reason) when there is none."""
     if desc.head_dim not in TILES:
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a forward has tiles for head dims {list(HEAD_DIMS)}")
+    pair = (desc.head_dim, desc.head_dim_v)
+    if desc.head_dim_v != desc.head_dim and pair not in HEAD_DIM_V_PAIRS:
+        raise ValueError(f"head_dim_v={desc.head_dim_v} with head_dim={desc.head_dim}: the sm90a forward takes "
+                         f"head_dim_v == head_dim, or {' or '.join(f'{v} with {d}' for d, v in HEAD_DIM_V_PAIRS)}")
+    entry = pair if desc.head_dim_v != desc.head_dim else desc.head_dim
     named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
     if named:
         tiles = TileConfig(named[0], named[1], num_warps(named[0]))
@@ -135,7 +146,7 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
             check_variant(tiles, STAGES, rung)
         except ValueError as exc:
             raise ValueError(f"{TILES_VARIABLE}={os.environ[TILES_VARIABLE]!r}: {exc}") from None
-        needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES)
+        needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
         if needed > smem_limit(arch):
             raise ValueError(f"{TILES_VARIABLE}: the d={desc.head_dim} tile {named[0]}x{named[1]} needs {needed} "
                              f"bytes of shared memory, sm_{arch} allows {smem_limit(arch)}")
@@ -146,9 +157,9 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
         table = TWO_CONSUMER_TILES
     else:
         table = TILES
-    block_m, block_n = table[desc.head_dim]
+    block_m, block_n = table[entry]
     tiles = TileConfig(block_m, block_n, num_warps(block_m))
-    needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES)
+    needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
     if needed > smem_limit(arch):
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a tile needs {needed} bytes of shared memory, "
                          f"sm_{arch} allows {smem_limit(arch)}")
