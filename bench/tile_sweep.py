@@ -64,7 +64,8 @@ def candidates(generation: str, direction: str, head_dim: int, vary: str = "rung
             if causal and options.get("causal", True) is False:
                 continue
             out.append({"rung": options.get("rung", sm90a.RUNG), "block_m": bm, "block_n": bn,
-                        "num_warps": sm90a.tiles.num_warps(bm), "stages": options.get("stages", 2)})
+                        "num_warps": sm90a.tiles.num_warps(bm, options.get("rung", sm90a.RUNG)),
+                        "stages": options.get("stages", 2)})
         return out
     if generation == "sm90a":
         cfgs = next(c for limit, c in sorted(SM90A_CONFIGS.items()) if head_dim <= limit)

@@ -185,12 +185,15 @@ def test_chosen_tiles_fit_and_follow_the_rung_and_features():
     assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 128), (128, 64)]
     assert tiles.shared_memory_bytes(256, 128, 96, 2) > 227 * 1024            # why d=256 stops at 80 keys
     for consumers in tiles.REGISTERS:
-        for rung in sm90a.RUNGS:
+        for rung in set(sm90a.RUNGS) - {"wgmma"}:           # rung wgmma has no setmaxnreg
             producer, consumer = tiles.register_budgets(64 * consumers, rung)
             # what the .dec frees must cover the .inc: within the launch allocation (else a hang)
             pool = tiles.launch_registers(64 * consumers) * 128 * (1 + consumers)
             assert producer * 128 + consumer * 128 * consumers <= pool, (consumers, rung)
     assert tiles.launch_registers(192) == 128 and tiles.launch_registers(128) == 168
+    # rung wgmma: no producer warpgroup (256 threads for two consumers, up to 248 registers each)
+    assert tiles.num_warps(128, "wgmma") == 8 and tiles.launch_registers(128, "wgmma") == 248
+    assert tiles.num_warps(192, "wgmma") == 12 and tiles.launch_registers(192, "wgmma") == 168
 
 
 def test_pinned_tiles_and_rungs_are_checked_with_reasons():
@@ -207,6 +210,9 @@ def test_pinned_tiles_and_rungs_are_checked_with_reasons():
            ({"rung": "overlap", "block_m": 128, "block_n": 120, "num_warps": 12}, "block_n=120"),
            ({"rung": "overlap", "block_m": 128, "block_n": 272, "num_warps": 12}, "block_n=272"),
            ({"rung": "overlap", "stages": 1}, "stages must be 2"),
+           ({"rung": "wgmma", "block_m": 128, "block_n": 128, "num_warps": 12}, "under rung 'wgmma' needs 8"),
+           ({"rung": "overlap", "block_m": 128, "block_n": 128, "num_warps": 8}, "under rung 'overlap' needs 12"),
+           ({"rung": "wgmma", "stages": 3}, "double-buffers"),
            ({"rung": "tma", "stages": 5}, "stages=5")]
     for config, words in bad:
         with pytest.raises(ValueError, match=words):
@@ -384,38 +390,48 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     ss = [line for line in hgmma if "gdesc" in line and not re.search(r"HGMMA\S* R\d+, R\d+, gdesc", line)]
     rs = [line for line in hgmma if re.search(r"HGMMA\S* R\d+, R\d+, gdesc\[UR\d+\]\.tnspB", line)]
     # The overlapped rungs issue S for tile 0 before the loop and the last P V after it: each GEMM twice.
-    copies = 1 if key.rung == "tma" else 2
+    copies = 1 if key.rung in ("tma", "wgmma") else 2
     assert len(ss) == copies * head_dim // 16 and all(f"HGMMA.64x{block_n}x16.F32{suffix} " in line for line in ss)
     assert len(rs) == copies * block_n // 16 and all(f"HGMMA.64x{key.head_dim_v}x16.F32{suffix} " in line for line in rs)
     assert len(ss) + len(rs) == len(hgmma)
+    bars = {op: n for op, n in ops.items() if op.startswith("BAR.")}
+    v_panels = key.head_dim_v // 64
+    assert not [op for op in ops if op.startswith(("LDL", "STL"))] and info.spill_bytes == 0
+    assert info.stack_bytes == 0
+    assert sm90a.GENERATION.shared_memory(key)["shared_memory_bytes"] <= 227 * 1024
+    assert key.tiles.num_warps == tiles.num_warps(key.tiles.block_m, key.rung)
+    assert info.registers <= tiles.launch_registers(key.tiles.block_m, key.rung)
+    registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
+    if key.rung == "wgmma":
+        # No producer, no mbarriers, no setmaxnreg: 16-byte cp.async copies (LDGSTS) and their waits; the
+        # load barrier twice (tiles landed, in the loop and after it), once per tile for the buffer's
+        # reuse, and the staging barrier; the output still leaves by TMA stores.
+        assert ops.get("LDGSTS.E.BYPASS.128", 0) >= 3 and ops.get("DEPBAR.LE", 0) >= 2
+        assert bars == {"BAR.SYNC.DEFER_BLOCKING": 4}
+        expected = {"UTMALDG.4D": 0, "UTMASTG.4D": v_panels, "UTMACCTL.PF": 0, "USETMAXREG.DEALLOC.CTAPOOL": 0,
+                    "USETMAXREG.TRY_ALLOC.CTAPOOL": 0, "SYNCS.EXCH.64": 0, "ATOMG.E.ADD.STRONG.GPU": 0}
+        assert {op: ops.get(op, 0) for op in expected} == expected
+        return
     # Ping-pong: three turns (tile 0, the loop, the last P V), each a sync on the consumer's own turn
     # barrier and a hand-over arrive, plus consumer 1's first hand-over; no other rung arrives.
-    bars = {op: n for op, n in ops.items() if op.startswith("BAR.")}
     turns = 3 if key.rung == "pingpong" else 0
     assert bars.get("BAR.ARV", 0) == (turns + 1 if turns else 0)
     assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 2 + turns       # __syncthreads, the staging barrier
-    v_panels = key.head_dim_v // 64
     expected = {"UTMALDG.4D": 2 * panels + v_panels,          # Q, K, V: one box per 64-column panel
                 "UTMASTG.4D": v_panels, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
+    assert not ops.get("LDGSTS.E.BYPASS.128", 0)
     # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
     assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung == "persistent" else 0)
     assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages                  # mbarrier.init: Q's two, the ring's
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
-    assert not [op for op in ops if op.startswith(("LDL", "STL"))] and info.spill_bytes == 0
-    assert info.stack_bytes == 0
-    # Registers: the launch count fits 384 threads in the register file; the consumer code stays
-    # inside its setmaxnreg budget and the producer's code inside its own.
+    # Registers: the consumer code stays inside its setmaxnreg budget and the producer's code inside its own.
     producer_budget, consumer_budget = tiles.register_budgets(key.tiles.block_m, key.rung)
-    assert key.tiles.num_warps == tiles.num_warps(key.tiles.block_m)
-    assert info.registers <= tiles.launch_registers(key.tiles.block_m)
-    registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
     assert registers(sass) < consumer_budget
     start = next(i for i, line in enumerate(sass) if line.startswith("USETMAXREG.DEALLOC"))
     end = next(i for i in range(start, len(sass)) if sass[i].startswith("EXIT"))
     assert registers(sass[start:end + 1]) < producer_budget
-    assert sm90a.GENERATION.shared_memory(key)["shared_memory_bytes"] <= 227 * 1024
 
 
 def test_a_wrong_shared_memory_formula_fails_the_compile():
@@ -654,7 +670,7 @@ def test_an_unknown_rung_is_a_reason_not_a_crash(monkeypatch):
     assert not verdict.accepted
     assert any("ATTNPLAN_SM90A_RUNG='turbo'" in r and "pingpong" in r for r in verdict.reasons), verdict.reasons
     monkeypatch.delenv(sm90a.RUNG_VARIABLE)
-    with pytest.raises(ValueError, match=r"rung='turbo': the sm90a generation's rungs are 'tma', 'overlap', 'pingpong'"):
+    with pytest.raises(ValueError, match=r"rung='turbo': the sm90a generation's rungs are 'wgmma', 'tma', 'overlap', 'pingpong'"):
         NvrtcBackend(sm90a.GENERATION).dispatch_key(GATED, SM90, {"rung": "turbo"})
     from attnplan.backends.nvrtc import sm80
     with pytest.raises(ValueError, match="rung='tma': the sm80 generation's rungs are none"):
@@ -794,3 +810,16 @@ def test_a_record_without_head_dims_verifies_every_head_dim(monkeypatch, tmp_pat
     backend = registry.get(NAME)
     monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
     assert explain(_desc(head_dim=192, head_dim_v=128), "sm_90").of(NAME).accepted
+
+
+def test_the_wgmma_rung_has_no_producer_and_stays_gated_until_verified(monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "wgmma")
+    backend = NvrtcBackend(sm90a.GENERATION)
+    key = backend.dispatch_key(GATED, SM90)
+    assert key.rung == "wgmma" and key.tiles.num_warps == 8 and "_m128n176w8s2_wgmma_" in key.name
+    assert key.defines()["RUNG_WGMMA"] == 1
+    assert "wgmma" not in verified_rungs(sm90a.VERIFICATION)
+    verdict = explain(GATED, "sm_90").of(NAME)
+    assert not verdict.accepted and "not verified on a GPU yet (rung 'wgmma')" in verdict.reasons[0]
+    assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted

@@ -1,5 +1,6 @@
 // Inline-PTX wrappers for the sm_80 warp-level tensor-core path (also valid on sm_86/89/90):
-// mma.sync m16n8k16 with fp32 accumulation, ldmatrix x4 (plain and transposed), and 16-byte cp.async.
+// mma.sync m16n8k16 with fp32 accumulation, ldmatrix x4 (plain and transposed); the 16-byte cp.async
+// (common/cp_async.cuh, shared with the sm90a generation's wgmma rung).
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with g = lane / 4, t = lane % 4:
 //   A 16x16 row-major, 4 regs of 2 elements: a0 (row g,   cols 2t..2t+1)   a1 (row g+8, cols 2t..2t+1)
@@ -14,6 +15,7 @@
 #pragma once
 
 #include "common/types.cuh"
+#include "common/cp_async.cuh"
 
 namespace attn {
 namespace sm80 {
@@ -41,23 +43,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned sme
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr));
-}
-
-// 16-byte global -> shared copy that bypasses L1.  src_bytes < 16 zero-fills the rest; with
-// src_bytes == 0 nothing is read (the source must still be a valid address expression).
-__device__ __forceinline__ void cp_async_16(unsigned smem_addr, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-               :: "r"(smem_addr), "l"(gmem), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Wait until at most `kPending` committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" :: "n"(kPending) : "memory");
 }
 
 }  // namespace sm80

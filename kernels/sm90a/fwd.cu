@@ -32,6 +32,7 @@
 #include "sm90a/fwd_config.cuh"
 #include "sm90a/fwd_mainloop.cuh"
 #include "sm90a/fwd_epilogue.cuh"
+#include "sm90a/fwd_cp_async.cuh"
 #include "sm90a/tile_scheduler.cuh"
 
 namespace attn {
@@ -96,7 +97,10 @@ __device__ __forceinline__ void consume_work(const FwdParams& p, const SharedTil
   for (int i = 0; i < kHeadDimV / 2; ++i) o[i] = 0.f;
   OnlineSoftmax<kAccumulatorMTiles> softmax;
   softmax.init();
-  consume_tiles(smem, w, consumer, thread, rules, o, softmax);
+  if constexpr (kRung == Rung::kWgmma)
+    consume_tiles_cp_async(p, smem, w, seq, consumer, thread, rules, o, softmax);
+  else
+    consume_tiles(smem, w, consumer, thread, rules, o, softmax);
 
   float sink_logit = 0.f;
 #if HAS_SINK_LOGITS
@@ -118,11 +122,19 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
   const SharedTiles smem = SharedTiles::at(smem_raw);
+  const int warpgroup = static_cast<int>(threadIdx.x) / kWarpgroupThreads;
+  if constexpr (!kHasProducer) {  // rung "wgmma": every warpgroup a consumer, loading its own tiles
+    TileWork w;
+    Sequence seq;
+    MaskInfo mask;
+    if (work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask))
+      consume_work(p, smem, w, seq, mask, warpgroup, static_cast<int>(threadIdx.x) % kWarpgroupThreads);
+    return;
+  }
   if (threadIdx.x == 0) init_barriers(smem);
   __syncthreads();
 
   // The producer and the consumers walk the same work tiles and count ring iterations alike.
-  const int warpgroup = static_cast<int>(threadIdx.x) / kWarpgroupThreads;
   int ring = 0, round = 0;
   TileWork w;
   Sequence seq;

@@ -23,8 +23,11 @@
 #ifndef RUNG_PERSISTENT
 #define RUNG_PERSISTENT 0
 #endif
-#if RUNG_TMA + RUNG_OVERLAP + RUNG_PINGPONG + RUNG_PERSISTENT > 1
-#error "one rung at a time: RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
+#ifndef RUNG_WGMMA
+#define RUNG_WGMMA 0
+#endif
+#if RUNG_WGMMA + RUNG_TMA + RUNG_OVERLAP + RUNG_PINGPONG + RUNG_PERSISTENT > 1
+#error "one rung at a time: RUNG_WGMMA, RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
 #endif
 
 #if IS_VARLEN || IS_PAGED || HAS_DROPOUT
@@ -41,22 +44,28 @@ constexpr int kHeadDimV = HEAD_DIM_V;  // of V and the output
 constexpr int kStages = KV_STAGES;  // K and V buffers each: the ring's depth
 
 // Warp roles: warpgroup 0 is the producer (one thread issues every TMA load; the rest idle), warpgroups
-// 1 .. kConsumers each compute 64 query rows of the tile.
+// 1 .. kConsumers each compute 64 query rows of the tile.  Rung "wgmma" has no producer: its
+// warpgroups 0 .. kConsumers - 1 load their tiles themselves (cp.async) and compute.
 constexpr int kConsumers = kBlockM / kConsumerRows;
-constexpr int kWarpgroups = 1 + kConsumers;
+constexpr bool kHasProducer = !RUNG_WGMMA;
+constexpr int kWarpgroups = (kHasProducer ? 1 : 0) + kConsumers;
 constexpr int kThreads = kWarpgroups * kWarpgroupThreads;
 constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
 
 constexpr int kRegisterFile = 65536;
 
 // The mainloop's schedule (fwd_mainloop.cuh consume_tiles):
+//   kWgmma    the simplest correct wgmma kernel: every thread loads Q, K and V by cp.async into the
+//             same swizzled tiles (no producer, no mbarriers, no setmaxnreg), a two-stage buffer
+//             with the next key tile's loads in flight, each GEMM waited for (fwd_cp_async.cuh);
 //   kTma      each GEMM waited for before the softmax (the producer, the ring and setmaxnreg only);
 //   kOverlap  the softmax of key tile k overlaps S_k's successor GEMMs inside the warpgroup;
 //   kPingPong   kOverlap, and the two consumers take turns issuing GEMMs (named barriers);
 //   kPersistent kOverlap in a persistent grid: about one CTA per SM walks the work tiles
 //               (tile_scheduler.cuh), so that one tile's epilogue overlaps the next one's loads.
-enum class Rung { kTma, kOverlap, kPingPong, kPersistent };
-constexpr Rung kRung = RUNG_PERSISTENT ? Rung::kPersistent
+enum class Rung { kWgmma, kTma, kOverlap, kPingPong, kPersistent };
+constexpr Rung kRung = RUNG_WGMMA ? Rung::kWgmma
+                       : RUNG_PERSISTENT ? Rung::kPersistent
                        : RUNG_PINGPONG ? Rung::kPingPong
                        : RUNG_OVERLAP  ? Rung::kOverlap
                                        : Rung::kTma;
@@ -83,6 +92,9 @@ constexpr long long kWaveL2Bytes = 24LL << 20;
 constexpr unsigned kFirstConsumerBarrier = 1;
 constexpr unsigned kFirstTurnBarrier = kFirstConsumerBarrier + kConsumers;
 constexpr unsigned kTurnThreads = 2 * kWarpgroupThreads;
+// Rung "wgmma": every consumer thread syncs here once its cp.async copies of a tile have landed (and
+// once it is done reading a buffer the next copies overwrite).
+constexpr unsigned kLoadBarrier = kFirstTurnBarrier + kConsumers;
 
 static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 192 || kHeadDim == 256, "HEAD_DIM: 64, 128, 192 or 256");
 static_assert(kHeadDimV == kHeadDim || (kHeadDim == 192 && kHeadDimV == 128),
@@ -91,10 +103,11 @@ static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 256, "BLOCK_N: a 
 static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 3),
               "BLOCK_M: two or three consumer warpgroups of 64 rows (the register budgets assume them)");
 static_assert(kRung != Rung::kPingPong || kConsumers == 2, "the ping-pong turns are between two consumers");
-static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup and the consumers'");
+static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup (but in rung wgmma) and the consumers'");
+static_assert(kRung != Rung::kWgmma || kStages == 2, "rung wgmma double-buffers K and V: KV_STAGES 2");
 static_assert(kStages >= 1 && kStages <= 4, "KV_STAGES: 1 to 4");
-static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
-                  kLaunchRegisters * kThreads,
+static_assert(!kHasProducer || kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
+                                     kLaunchRegisters * kThreads,
               "the setmaxnreg budgets exceed the registers the CTA is launched with (the .inc would never return)");
 
 using Layout = FwdLayout<kBlockM, kBlockN, kHeadDim, kStages, kHeadDimV>;

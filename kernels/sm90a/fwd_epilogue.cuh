@@ -38,7 +38,7 @@ __device__ __forceinline__ void store_output(const FwdParams& p, const SharedTil
   }
   // Every consumer thread releases Q's buffer and the work slot it read (thread 0 once its store has
   // read the staging rows): each thread's arrive orders its own reads before the next tile's writes.
-  mbarrier_arrive(smem.barrier(Layout::q_empty()));
+  if constexpr (kHasProducer) mbarrier_arrive(smem.barrier(Layout::q_empty()));  // (rung wgmma has no barriers)
 }
 
 // This thread's two rows' LSE (one thread of each quad writes; rows past seqlen_q are skipped).

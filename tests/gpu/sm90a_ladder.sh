@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sm90a forward's GPU ladder, in one call on the lent H200 (from the repository root):
 #   1. install (the carried .whl wheels, the package editable), the device and NVRTC versions;
-#   then for each rung of $RUNGS (default "tma overlap pingpong persistent", simplest first; $ATTNPLAN_SM90A_RUNG
+#   then for each rung of $RUNGS (default "wgmma tma overlap pingpong persistent", simplest first; $ATTNPLAN_SM90A_RUNG
 #   selects it), stopping at the first rung that fails:
 #   2. compile every kernel of the ladder in parallel (tests/gpu/sm90a_warm.py);
 #   3. the correctness ladder, simplest case first, against the float64 reference with NaN-poisoned
@@ -42,7 +42,7 @@ print('attnplan', attnplan.__version__, 'cupy', cupy.__version__, 'nvrtc', compi
 'kernels tree', compiler._tree_hash(str(compiler.kernels_dir()))[:16])" 2>&1 | tee -a "$LOG"
 say "installed: $(elapsed)"
 
-RUNGS="${RUNGS:-tma overlap pingpong persistent}"
+RUNGS="${RUNGS:-wgmma tma overlap pingpong persistent}"
 say "tiles: ${ATTNPLAN_SM90A_TILES:-the default table}"
 per_case=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout ${CASE_TIMEOUT:-30} --timeout-method thread")
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)

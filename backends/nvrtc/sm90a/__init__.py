@@ -1,7 +1,7 @@
 """The sm_90a kernel generation (kernels/sm90a/fwd.cu: TMA, wgmma, warp specialization), Hopper only,
 compiled for sm_90a: tiles.py chooses the tiles and sizes shared memory, runner.py encodes the TMA
 maps (tma.py) and launches.  Gated per rung: the planner chooses a rung only once a GPU run has
-verified it (verified.json lists tma, overlap, pingpong and persistent: H200, 2026-12-02, on the
+verified it (verified.json lists tma, overlap, pingpong and persistent, not yet wgmma: H200, 2026-12-02, on the
 measured tiles; tests/gpu/sm90a_ladder.sh writes the evidence).
 
 Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal; 192, and 192 with head_dim_v
@@ -24,11 +24,12 @@ from . import tiles
 from .runner import FORWARD_PARAMS, ForwardRunner, forward_entry_points
 
 VERIFICATION = Path(__file__).with_name("verified.json")
-# The rungs, simplest first (kernels/sm90a/fwd_config.cuh Rung): "tma" is one producer warpgroup (the
+# The rungs, simplest first (kernels/sm90a/fwd_config.cuh Rung): "wgmma" has no producer (the
+# consumers copy their tiles by cp.async, kernels/sm90a/fwd_cp_async.cuh); "tma" is one producer warpgroup (the
 # TMA ring) and two consumer warpgroups that wait for each GEMM; "overlap" adds the intra-warpgroup
 # overlap of the softmax with the GEMMs; "pingpong" adds the consumers' turns on named barriers;
 # "persistent" is "overlap" in a persistent grid (about one CTA per SM walking the work tiles).
-RUNGS = ("tma", "overlap", "pingpong", "persistent")
+RUNGS = ("wgmma", "tma", "overlap", "pingpong", "persistent")
 # What a problem gets unless $ATTNPLAN_SM90A_RUNG names another: the fastest in the H200 sweeps on
 # the measured tiles (bench/results/2026-12-02-h200-sm90a-*.json, docs/fa3-notes.md): "overlap",
 # except that causal problems at d=128 and d=256 get "pingpong" (their short rows gain 2-6% from the
@@ -47,7 +48,7 @@ WIDE_OUTPUT = 192
 
 
 def spills(desc, rung: str) -> bool:
-    return rung != "tma" and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or rung == "persistent")
+    return rung not in ("tma", "wgmma") and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or rung == "persistent")
 
 
 def choose_rung(desc, arch: int) -> str:

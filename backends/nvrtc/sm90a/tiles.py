@@ -69,18 +69,22 @@ def consumers(block_m: int) -> int:
 
 
 def register_budgets(block_m: int, rung: str) -> tuple[int, int]:
-    """The (producer, consumer) setmaxnreg counts of a kernel with this tile under this rung."""
+    """The (producer, consumer) setmaxnreg counts of a kernel with this tile under this rung (rung
+    "wgmma" has no producer and no setmaxnreg: (0, its launch count))."""
+    if rung == "wgmma":
+        return 0, launch_registers(block_m, rung)
     return (PERSISTENT_REGISTERS if rung == "persistent" else REGISTERS)[consumers(block_m)]
 
 
-def num_warps(block_m: int) -> int:
-    """The producer warpgroup and block_m / 64 consumer warpgroups."""
-    return 4 * (1 + consumers(block_m))
+def num_warps(block_m: int, rung: str = "") -> int:
+    """The producer warpgroup (but in rung "wgmma", which has none) and block_m / 64 consumer warpgroups."""
+    return 4 * ((0 if rung == "wgmma" else 1) + consumers(block_m))
 
 
-def launch_registers(block_m: int) -> int:
-    """What ptxas may give a thread at launch (one CTA of num_warps(block_m) warps per SM)."""
-    return 65536 // (num_warps(block_m) * 32) // 8 * 8
+def launch_registers(block_m: int, rung: str = "") -> int:
+    """What ptxas may give a thread at launch (one CTA of num_warps(block_m, rung) warps per SM; at
+    most 255)."""
+    return min(255, 65536 // (num_warps(block_m, rung) * 32)) // 8 * 8
 
 
 NUM_WARPS = num_warps(BLOCK_M)
@@ -140,7 +144,7 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
     entry = pair if desc.head_dim_v != desc.head_dim else desc.head_dim
     named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
     if named:
-        tiles = TileConfig(named[0], named[1], num_warps(named[0]))
+        tiles = TileConfig(named[0], named[1], num_warps(named[0], rung))
         try:
             check_tiles(desc.direction, tiles)
             check_variant(tiles, STAGES, rung)
@@ -158,7 +162,7 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
     else:
         table = TILES
     block_m, block_n = table[entry]
-    tiles = TileConfig(block_m, block_n, num_warps(block_m))
+    tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
     needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
     if needed > smem_limit(arch):
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a tile needs {needed} bytes of shared memory, "
@@ -177,9 +181,10 @@ def check_tiles(direction: str, tiles: TileConfig) -> None:
     if tiles.block_m not in BLOCK_MS:
         raise ValueError(f"sm90a tile block_m={tiles.block_m}: must be one of {list(BLOCK_MS)} (two or three "
                          f"consumer warpgroups of {CONSUMER_ROWS} rows)")
-    if tiles.num_warps != num_warps(tiles.block_m):
+    if tiles.num_warps not in (num_warps(tiles.block_m), num_warps(tiles.block_m, "wgmma")):
         raise ValueError(f"sm90a tile num_warps={tiles.num_warps}: block_m={tiles.block_m} needs "
-                         f"{num_warps(tiles.block_m)} (a producer warpgroup + {consumers(tiles.block_m)} consumers)")
+                         f"{num_warps(tiles.block_m)} (a producer warpgroup + {consumers(tiles.block_m)} consumers; "
+                         f"{num_warps(tiles.block_m, 'wgmma')} in rung 'wgmma', which has no producer)")
     if not (BLOCK_N_MIN <= tiles.block_n <= BLOCK_N_MAX and tiles.block_n % BLOCK_N_STEP == 0):
         raise ValueError(f"sm90a tile block_n={tiles.block_n}: must be a multiple of {BLOCK_N_STEP} in "
                          f"{BLOCK_N_MIN}..{BLOCK_N_MAX}")
@@ -187,6 +192,11 @@ def check_tiles(direction: str, tiles: TileConfig) -> None:
 
 def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
     """ValueError for a (tile, stages, rung) the kernel's static_asserts refuse."""
+    if tiles.num_warps != num_warps(tiles.block_m, rung):
+        raise ValueError(f"sm90a tile num_warps={tiles.num_warps}: block_m={tiles.block_m} under rung {rung!r} "
+                         f"needs {num_warps(tiles.block_m, rung)}")
+    if rung == "wgmma" and stages != 2:
+        raise ValueError(f"sm90a rung 'wgmma' double-buffers K and V: stages must be 2, not {stages}")
     if rung == "pingpong" and consumers(tiles.block_m) != 2:
         raise ValueError(f"sm90a rung 'pingpong' takes turns between two consumers: block_m must be "
                          f"{2 * CONSUMER_ROWS}, not {tiles.block_m}")
