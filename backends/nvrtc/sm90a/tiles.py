@@ -43,24 +43,24 @@ BARRIER_BYTES = 8
 WORK_SLOT_BYTES = 8                 # a persistent CTA's next work index (an int, padded)
 # Key tiles: whole 16-key k-steps of O += P V and one wgmma N (S = Q K^T) of at most 256.
 BLOCK_N_STEP, BLOCK_N_MIN, BLOCK_N_MAX = 16, 64, 256
-# The tile (block_m, block_n) by head dim, from the H200 tile sweep under rung "overlap" (the same
+# The tile (block_m, block_n) by (head_dim, head_dim_v), from the H200 tile sweep under rung "overlap" (the same
 # rounds as cuDNN: bench/results/2026-12-02-h200-sm90a-tiles.json, docs/fa3-notes.md):
 #   d=64:  192 x 128, three consumers: the softmax (exp-bound at d=64) of three warpgroups hides
 #          under the others' GEMMs; +10-20% over 128 x 128 (506 vs 421 TFLOP/s at s=8k);
 #   d=128: 128 x 176 (FlashAttention-3's non-causal tile): S 88 + P 44 + O 64 registers of the 240;
 #          +5-8% at s >= 8k, the same at s=2k;
 #   d=256: 128 x 80: Q 64 KiB + two K/V stages of 40 KiB each fit 227 KiB; +6-12% over 128 x 64.
-TILES = {64: (192, 128), 128: (128, 176), 256: (128, 80),
+TILES = {(64, 64): (192, 128), (128, 128): (128, 176), (256, 256): (128, 80),
          # not yet measured (written without a GPU; gated in verified.json until a GPU run verifies them):
          # 128 x 112 fits Q 48 KiB + two K/V stages of 42 KiB; S 56 + P 28 + O 96 registers
-         192: (128, 112), (192, 128): (128, 128)}
+         (192, 192): (128, 112), (192, 128): (128, 128)}
 # With two consumers (rung "pingpong" takes turns between two; a softcap's tanh needs more registers
 # than three consumers' 160 leave at d=64): 128 x 160 at d=64, the best two-consumer tile there.
-TWO_CONSUMER_TILES = {64: (128, 160), 128: (128, 176), 256: (128, 80), 192: (128, 112), (192, 128): (128, 128)}
+TWO_CONSUMER_TILES = {**TILES, (64, 64): (128, 160)}
 # Rung "persistent" keeps more state live across work tiles: the tiles it was verified with, which
 # do not spill (d=256 spills even so and gets rung "tma": __init__.py spills).
-PERSISTENT_TILES = {64: (128, 128), 128: (128, 128), 256: (128, 64), 192: (128, 64), (192, 128): (128, 64)}
-BLOCK_N = {d: bn for d, (_, bn) in TILES.items() if isinstance(d, int)}
+PERSISTENT_TILES = {(64, 64): (128, 128), (128, 128): (128, 128), (256, 256): (128, 64), (192, 192): (128, 64),
+                    (192, 128): (128, 64)}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
 
 
@@ -135,13 +135,12 @@ def named_tiles(text: str, head_dim: int) -> Optional[tuple[int, int]]:
 def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileConfig:
     """The forward tile for `desc` on sm_`arch` under `rung`: the one $ATTNPLAN_SM90A_TILES names, or
     the measured table's; ValueError (a planner reason) when there is none."""
-    if desc.head_dim not in TILES:
+    if desc.head_dim not in HEAD_DIMS:
         raise ValueError(f"head_dim={desc.head_dim}: the sm90a forward has tiles for head dims {list(HEAD_DIMS)}")
     pair = (desc.head_dim, desc.head_dim_v)
     if desc.head_dim_v != desc.head_dim and pair not in HEAD_DIM_V_PAIRS:
         raise ValueError(f"head_dim_v={desc.head_dim_v} with head_dim={desc.head_dim}: the sm90a forward takes "
                          f"head_dim_v == head_dim, or {' or '.join(f'{v} with {d}' for d, v in HEAD_DIM_V_PAIRS)}")
-    entry = pair if desc.head_dim_v != desc.head_dim else desc.head_dim
     named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
     if named:
         tiles = TileConfig(named[0], named[1], num_warps(named[0], rung))
@@ -161,7 +160,7 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
         table = TWO_CONSUMER_TILES
     else:
         table = TILES
-    block_m, block_n = table[entry]
+    block_m, block_n = table[pair]
     tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
     needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
     if needed > smem_limit(arch):
