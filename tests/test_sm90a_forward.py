@@ -540,6 +540,7 @@ def test_maps_are_encoded_from_the_arrays_and_land_in_the_block():
         assert maps[name][:10] == (address, *dims, *box, 3), name
     assert (block.seqlen_q, block.seqlen_kv, block.heads_q, block.heads_kv) == (d.seqlen_q, d.seqlen_kv, 8, 2)
     assert (block.q, block.out, block.lse) == (bound.q.ptr, out.ptr, lse.ptr)
+    assert block.tile_counter == 0 and not runner.persistent   # only the persistent rung has a work counter
     assert (block.lse_batch_stride, block.lse_head_stride, block.lse_row_stride) == (8 * 300, 300, 1)
     assert block.top_left == 0 and block.scale == pytest.approx(d.scale)
 

@@ -167,5 +167,6 @@ class ForwardRunner:
         if counter:
             # the persistent CTAs draw work indices from it (kernels/sm90a/fwd.cu WorkQueue): zero, in stream order
             import cupy
-            cupy.cuda.runtime.memsetAsync(counter, 0, 4, handle)
+            with cupy.cuda.Device(self.device.index):
+                cupy.cuda.runtime.memsetAsync(counter, 0, 4, handle)
         launcher.launch(kernel, self.grid, filled, handle)
