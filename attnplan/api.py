@@ -10,7 +10,8 @@ import numpy as np
 from .descriptor import AttentionDescriptor, PagedKV
 from .device import Device
 from .errors import InvalidArguments
-from .interop import as_host_index, as_tensor
+from .dtypes import DTYPE_NAMES
+from .interop import as_host_index, as_tensor, readable_dtype
 from .plan import Plan
 from .policy import resolve_policy
 
@@ -41,6 +42,10 @@ def describe(q, k, v, *, causal=False, causal_alignment="bottom_right", window=(
              direction="forward", out_dtype=None, bias=None) -> AttentionDescriptor:
     """The descriptor of a call, read off the arrays' shapes and dtypes."""
     tq, tk, tv = as_tensor(q, "q"), as_tensor(k, "k"), as_tensor(v, "v")
+    for name, t in (("q", tq), ("k", tk), ("v", tv)):
+        if t.dtype not in DTYPE_NAMES:
+            raise InvalidArguments(name, f"holds {readable_dtype(t.dtype)} elements; attention takes "
+                                         f"{', '.join(DTYPE_NAMES)} (float16, bfloat16, float32, float64, fp8)")
     expected_rank = 3 if layout == "thd" else 4
     for name, t in (("q", tq), ("k", tk), ("v", tv)):
         rank = 4 if (name != "q" and block_table is not None) else expected_rank

@@ -56,6 +56,17 @@ class InvalidFile(AttnPlanError, ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class UnknownBackend(AttnPlanError, KeyError):
+    """A backend name that no registered backend has (a KeyError too, for callers that catch one)."""
+
+    def __init__(self, name: str, registered):
+        self.field, self.value, self.allowed = "backend", name, ", ".join(registered)
+        super().__init__(f"no backend named {name!r}; registered: {self.allowed}")
+
+    def __str__(self) -> str:             # KeyError would quote the whole message
+        return str(self.args[0])
+
+
 class NoPlanError(AttnPlanError, RuntimeError):
     """No registered backend accepts the descriptor; the message lists every reason."""
 

@@ -90,6 +90,11 @@ class Tensor:
         return int(self.data.device.id) if self.is_cuda else -1
 
 
+def readable_dtype(logical: str) -> str:
+    """A Tensor's dtype as a user knows it: "int32" for our "i32", "uint32" for "other:uint32"."""
+    return {"i32": "int32", "i64": "int64"}.get(logical, logical.removeprefix("other:"))
+
+
 def _logical_dtype(np_dtype) -> str:
     np_dtype = np.dtype(np_dtype)
     if np_dtype in _INDEX_DTYPES:

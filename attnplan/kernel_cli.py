@@ -13,6 +13,7 @@ from .device import as_device
 from .errors import NoPlanError
 from .kernel_inspect import inspect_cubin
 from .plan import explain
+from .install_hints import install_hint
 
 DEFAULT_DEVICE = "sm_90"     # a described H100: what the shipped tables are for
 DEFAULT_FAMILY = "nvrtc"     # the backends that compile kernels of their own (they have `cubins`)
@@ -62,7 +63,7 @@ def cmd_kernel_inspect(args) -> int:
         modules = [(name, _launch_order(inspect_cubin(cubin), entries))
                    for name, cubin, entries in backend.cubins(desc, device)]
     except NvrtcUnavailable as exc:
-        cli.console.print(f"[red]error[/red]: {escape(f'{exc} (pip install attnplan[nvrtc])')}")
+        cli.console.print(f"[red]error[/red]: {escape(str(exc) + ' (' + install_hint('nvrtc') + ')')}")
         return 2
     if args.json:
         print(json.dumps({"kernels": [k.as_dict() for _, kernels in modules for k in kernels]}))

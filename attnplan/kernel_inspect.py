@@ -41,7 +41,7 @@ class InspectToolMissing(AttnPlanError, RuntimeError):
 
     def __init__(self, tool: str):
         self.tool = tool
-        super().__init__(f"{tool} not found: pip install {TOOL_WHEELS[tool][0]} (or attnplan[nvrtc]), "
+        super().__init__(f"{tool} not found: pip install {TOOL_WHEELS[tool][0]} (or, from the attnplan checkout, pip install -e '.[nvrtc]'), "
                          f"or put a CUDA toolkit's {tool} on PATH")
 
 

@@ -218,7 +218,7 @@ class Plan:
             raise SkuMismatch(f"SKU is for dtype {sku.dtype}, descriptor has {desc.dtype}")
         try:
             executable = backend.build(desc, device, sku.config_dict)
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:       # a backend's "not this config" (a KeyError or TypeError is a bug: raised)
             raise SkuMismatch(f"backend {sku.backend!r} cannot build the pinned config {sku.config_dict}: {exc}") from None
         plan = cls(desc, device, backend, executable)
         if plan.sku.identity() != (backend.name,) + sku.identity()[1:]:      # a family name means its member

@@ -97,7 +97,8 @@ def get(name: str) -> Backend:
     for backend in backends():
         if backend.name == name:
             return backend
-    raise KeyError(f"no backend named {name!r}; registered: {', '.join(b.name for b in backends())}")
+    from .errors import UnknownBackend
+    raise UnknownBackend(name, [b.name for b in backends()])
 
 
 def matches(name: str, wanted) -> bool:

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import sys
 import threading
 import types
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import filelock
 import numpy as np
+import attrs
 import pytest
 from rich.console import Console
 
@@ -324,6 +326,7 @@ def _samples() -> dict:
         errors.NoPlanError: _no_plan_error(),
         errors.SkuMismatch: errors.SkuMismatch("pinned kernel gone"),
         errors.KernelCompileError: errors.KernelCompileError("attn_fwd", "error: expected ;"),
+        errors.UnknownBackend: errors.UnknownBackend("nope", ["cudnn", "reference"]),
         InspectToolMissing: InspectToolMissing("cuobjdump"),
         InspectFailed: InspectFailed("cuobjdump: bad cubin"),
     }
@@ -398,7 +401,8 @@ def test_bench_without_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys)
                      "--repeats", "1", "--output", str(tmp_path / "r[1].json")])
     assert code == 0
     text = capsys.readouterr().out
-    assert "pip install attnplan[bench]" in text and "r[1].json" in text
+    assert "pip install -e '.[bench]'" in text and "pip install matplotlib" in text and "r[1].json" in text
+    assert "pip install attnplan" not in text            # attnplan is not on PyPI: the hint names what installs
     assert (tmp_path / "r[1].json").exists()
 
 
@@ -709,3 +713,86 @@ def test_attention_takes_numpy_scalar_options():
     q = np.random.default_rng(1).standard_normal((1, 4, 2, 8)).astype(np.float32)
     out = attnplan.attention(q, q, q, scale=np.float32(0.5), window=[np.int64(1), 0], softcap=np.float32(3.0))
     assert np.isfinite(out).all()
+
+
+# -- 16. an unknown backend and an unreadable arch are attnplan errors naming what is allowed ---------
+
+def test_an_unknown_backend_is_an_attnplan_error_naming_the_registered_ones():
+    from attnplan import registry
+    with pytest.raises(errors.UnknownBackend) as caught:
+        registry.get("nope")
+    error = caught.value
+    assert isinstance(error, AttnPlanError) and isinstance(error, KeyError)      # old `except KeyError` still works
+    assert (error.field, error.value) == ("backend", "nope") and "reference" in error.allowed
+    assert str(error).startswith("no backend named 'nope'; registered: ")           # not KeyError's quoting
+
+
+def test_cache_warmup_with_an_unreadable_arch_names_the_flag(capsys):
+    with pytest.raises(InvalidOption, match=r"--arch='foo' is invalid: an sm arch such as sm_80") as caught:
+        from attnplan.backends.nvrtc.warmup import warmup
+        warmup("foo", ["bf16"], [64], None)
+    assert caught.value.field == "--arch"
+    assert cli.main(["cache", "warmup", "--arch", "sm_9x"]) != 0
+    assert "--arch='sm_9x' is invalid" in capsys.readouterr().out      # the CLI's console, as for every error
+
+
+@pytest.mark.parametrize("dtype, shown", [(np.int32, "int32"), (np.uint32, "uint32"), (np.int64, "int64"),
+                                          (np.bool_, "bool")])
+def test_a_non_float_q_is_named_with_its_numpy_dtype(dtype, shown):
+    from attnplan import attention
+    good = np.zeros((1, 4, 2, 64), np.float32)
+    with pytest.raises(InvalidArguments) as caught:
+        attention(np.zeros((1, 4, 2, 64), dtype), good, good)
+    assert caught.value.argument == "q" and f"holds {shown} elements" in str(caught.value)
+    assert "other:" not in str(caught.value) and "'i32'" not in str(caught.value)
+    with pytest.raises(InvalidArguments, match=f"argument 'v': holds {shown} elements"):
+        attention(good, good, np.zeros((1, 4, 2, 64), dtype))
+
+
+def test_from_sku_names_a_malformed_pinned_config_and_raises_a_backends_bug(monkeypatch):
+    from attnplan import registry
+    from attnplan.errors import SkuMismatch
+    desc = AttentionDescriptor(batch=1, seqlen_q=8, seqlen_kv=8, heads_q=1, heads_kv=1, head_dim=16, dtype="f32")
+    sku = Plan.select(desc, "cpu", prefer="reference").sku
+    backend = registry.get("reference")
+
+    def buggy_build(*args, **kwargs):
+        raise KeyError("an internal bug")
+    monkeypatch.setattr(backend, "build", buggy_build)
+    with pytest.raises(KeyError, match="an internal bug"):          # a bug is not a "mismatch"
+        Plan.from_sku(desc, sku, "cpu")
+    monkeypatch.undo()
+    pytest.importorskip("attnplan.backends.nvrtc.compiler")
+    sm80 = AttentionDescriptor(batch=1, seqlen_q=64, seqlen_kv=64, heads_q=1, heads_kv=1, head_dim=64, dtype="f16")
+    try:
+        pinned = Plan.select(sm80, "sm_80", prefer="nvrtc.sm80", restrict=True).sku
+    except errors.NoPlanError as exc:          # NVRTC missing here
+        pytest.skip(str(exc))
+    config = {k: v for k, v in pinned.config_dict.items() if k != "block_n"}
+    with pytest.raises(SkuMismatch, match="pinned config has no 'block_n'"):
+        Plan.from_sku(sm80, attrs.evolve(pinned, config=config), "sm_80")
+    with pytest.raises(SkuMismatch, match=r"pinned config block_n=\(64,\) is not an integer"):
+        Plan.from_sku(sm80, attrs.evolve(pinned, config={**pinned.config_dict, "block_n": [64]}), "sm_80")
+
+
+
+def test_install_hints_name_what_really_installs():
+    from attnplan.install_hints import EXTRA_PACKAGES, install_hint
+    text = install_hint("cuda13", "cuda12")
+    assert "pip install -e '.[cuda13]' (or '.[cuda12]')" in text and "cupy-cuda13x" in text
+    # every extra a hint names is one pyproject.toml declares, with the packages listed there
+    import tomllib
+    from pathlib import Path
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("pyproject.toml is not beside the tests")
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    for extra, packages in EXTRA_PACKAGES.items():
+        declared = {re.split(r"[<>=\[ ]", p)[0] for p in extras[extra]}
+        assert set(packages.split()) <= declared, extra
+    from attnplan import registry
+    from attnplan.device import Device
+    for name in ("nvrtc.sm80", "cudnn", "reference"):
+        for reason in registry.get(name).availability(AttentionDescriptor(batch=1, seqlen_q=8, seqlen_kv=8, heads_q=1,
+                                                                            heads_kv=1, head_dim=64), Device.cuda(arch=90)):
+            assert "pip install attnplan" not in reason, (name, reason)

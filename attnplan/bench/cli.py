@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from attnplan.errors import InvalidOption
+from ..install_hints import install_hint
 
 GPU_SEQLENS = "512,1024,2048,4096,8192,16384"
 CPU_SEQLENS = "32,64"          # the reference on a CPU: small problems, so the command never just fails
@@ -151,7 +152,7 @@ def cmd_bench(args) -> int:
         png = plot(data, args.plot or path.with_suffix(".png"))
         console.print(f"plot: {escape(str(png))}")
     except ImportError:
-        console.print(f"[yellow]{escape('matplotlib not installed: no plot (pip install attnplan[bench])')}[/yellow]")
+        console.print(f"[yellow]{escape('matplotlib not installed: no plot (' + install_hint('bench') + ')')}[/yellow]")
     except ValueError as exc:
         console.print(f"[yellow]no plot: {escape(str(exc))}[/yellow]")
     return 0 if all(r["correct"] for r in data["rows"] if "error" not in r) else 1

@@ -23,6 +23,7 @@ from . import library
 from .graphs import GRAPHS, BuiltGraph, GraphUnsupported
 from .mapping import canonical_geometry, mask_spec, semantic_reasons
 from .runner import CudnnRunner
+from attnplan.install_hints import install_hint
 
 MIN_ARCH = 80     # cuDNN's fused flash attention needs Ampere or newer
 
@@ -66,7 +67,7 @@ class CudnnBackend(Backend):
         try:
             import cupy  # noqa: F401
         except ImportError:
-            return ["CuPy is not installed (pip install attnplan[cuda13] or [cuda12])"]
+            return [f"CuPy is not installed ({install_hint('cuda13', 'cuda12')})"]
         return []
 
     def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:

@@ -36,8 +36,8 @@ def _load() -> None:
         try:
             import cudnn
         except Exception as exc:  # ImportError, or a broken install failing at import
-            _problem = (f"the cuDNN frontend is not installed (pip install nvidia-cudnn-frontend, or "
-                        f"attnplan[cuda13] / [cuda12]): {type(exc).__name__}: {exc}")
+            _problem = (f"the cuDNN frontend is not installed (pip install nvidia-cudnn-frontend, or from the "
+                        f"attnplan checkout pip install -e '.[cuda13]' (or '.[cuda12]')): {type(exc).__name__}: {exc}")
             return
         try:
             version = int(cudnn.backend_version())

@@ -20,6 +20,7 @@ from . import compiler
 from .dispatch import DispatchKey, TileConfig
 from .generation import Generation, verified_rungs
 from .generations import GENERATIONS
+from attnplan.install_hints import install_hint
 
 
 class NvrtcBackend(Backend):
@@ -71,7 +72,7 @@ class NvrtcBackend(Backend):
         try:
             compiler.nvrtc_version()
         except compiler.NvrtcUnavailable as exc:
-            missing.append(f"{exc} (pip install attnplan[cuda13] or [cuda12])")
+            missing.append(f"{exc} ({install_hint('cuda13', 'cuda12')})")
         else:
             targets = compiler.supported_archs()
             if device.kind == "cuda" and device.arch is not None and device.arch not in targets:
@@ -81,7 +82,7 @@ class NvrtcBackend(Backend):
             try:
                 import cupy  # noqa: F401
             except ImportError:
-                missing.append("CuPy is not installed (pip install attnplan[cuda13] or [cuda12])")
+                missing.append(f"CuPy is not installed ({install_hint('cuda13', 'cuda12')})")
         return missing
 
     def precision(self, desc: AttentionDescriptor, device: Device) -> PrecisionGuarantee:
@@ -105,13 +106,13 @@ class NvrtcBackend(Backend):
         tiles = generation.choose_tiles(desc, device.arch, rung)
         dq_tiles = generation.choose_dq_tiles(desc, device.arch)
         if config and "block_m" in config:
-            tiles = TileConfig(int(config["block_m"]), int(config["block_n"]), int(config["num_warps"]))
+            tiles = TileConfig(*(_pinned_int(config, k) for k in ("block_m", "block_n", "num_warps")))
             generation.check_tiles(desc.direction, tiles)
             if dq_tiles is not None and "dq_block_m" in config:
-                dq_tiles = TileConfig(int(config["dq_block_m"]), int(config["dq_block_n"]), int(config["dq_num_warps"]))
+                dq_tiles = TileConfig(*(_pinned_int(config, k) for k in ("dq_block_m", "dq_block_n", "dq_num_warps")))
         stages = generation.choose_stages(desc, device.arch, tiles)
         if config and "stages" in config:
-            stages = int(config["stages"])
+            stages = _pinned_int(config, "stages")
         if config:
             generation.check_variant(tiles, stages, rung)
         return DispatchKey.for_problem(desc, generation.name, generation.compile_arch(device.arch), tiles, dq_tiles,
@@ -156,6 +157,16 @@ class NvrtcBackend(Backend):
                         versions={"attnplan": attnplan.__version__, **self.library_versions()}, notes=runner.notes)
         return Executable(sku=sku, workspace_size=workspace, check_arguments=runner.check_arguments,
                           **{key.direction: runner})
+
+
+def _pinned_int(config: dict, key: str) -> int:
+    """config[key] as an int; ValueError (a pinned config it cannot build) when it is missing or not one."""
+    if key not in config:
+        raise ValueError(f"pinned config has no {key!r} (it names {sorted(config)})")
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError(f"pinned config {key}={value!r} is not an integer")
+    return int(value)
 
 
 def _check_pins(config: dict, pins: dict) -> None:

@@ -64,7 +64,11 @@ def standard_descriptors(dtypes, head_dims) -> list[AttentionDescriptor]:
 
 
 def warmup(arch: str, dtypes, head_dims, console) -> int:
-    arch_number = int(str(arch).lower().removeprefix("sm_").removeprefix("sm").rstrip("a"))
+    text = str(arch).strip().lower().removeprefix("sm_").removeprefix("sm").removesuffix("a")
+    if not text.isdigit():
+        from attnplan.errors import InvalidOption
+        raise InvalidOption("--arch", arch, "an sm arch such as sm_80, sm_89 or sm_90 (or 80, 90a)")
+    arch_number = int(text)
     keys = keys_for(standard_descriptors(dtypes, head_dims), arch_number)
     failures = compile_all(keys, console)
     console.print(f"{len(keys) - failures} of {len(keys)} kernels in the cache")

@@ -17,6 +17,7 @@ from attnplan.sequences import kv_view, lse_view, q_view, spans
 from attnplan.sku import KernelSku, PrecisionGuarantee
 
 from .math import SequenceInputs, backward_sequence, forward_sequence
+from attnplan.install_hints import install_hint
 
 COMPUTE_PRECISIONS = ("f64", "f32")
 
@@ -106,7 +107,7 @@ class ReferenceBackend(Backend):
             try:
                 import cupy  # noqa: F401
             except ImportError:
-                return ["CuPy is not installed (pip install attnplan[cuda12] or [cuda13])"]
+                return [f"CuPy is not installed ({install_hint('cuda13', 'cuda12')})"]
         return []
 
     def precision(self, desc: AttentionDescriptor, device: Device, compute: str = "f64") -> PrecisionGuarantee:
