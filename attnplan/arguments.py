@@ -254,6 +254,8 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
             continue
         t = q if name == "q" else as_tensor(kwargs[name], name)
         _check(name, t, shapes[name], dtypes[name], on_cuda, index)
+        if name in ("out", "lse", "amax_o") and desc.direction == "forward" and t.origin == "jax":
+            raise InvalidArguments(name, "is a JAX array, which is immutable; leave it out and use the returned array")
         if name in ("out", "lse", "amax_o") and desc.direction == "forward" and not _writeable(t):
             raise InvalidArguments(name, "is read-only; the plan writes its result there")
         bound[name] = t

@@ -38,7 +38,7 @@ class Tensor:
         if data is not None:
             self.__dict__["data"] = data       # numpy.ndarray or cupy.ndarray (raw storage for bf16/fp8 on cupy)
         self.dtype = dtype                     # "f16", "bf16", ..., "i32"/"i64" for index arrays, "other:<x>"
-        self.origin = origin                   # "numpy", "cupy", "torch", "dlpack", "internal"
+        self.origin = origin                   # "numpy", "cupy", "torch", "jax", "dlpack", "internal"
         self.source = source
 
     @classmethod
@@ -131,6 +131,8 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(x.view(raw) if raw is not None and x.dtype != raw else x, logical, "cupy", x)
     if module.startswith("torch"):
         return _from_torch(x, name)
+    if module.startswith(("jax", "jaxlib")):
+        return _from_jax(x, name)
     if hasattr(x, "__dlpack__") and _dlpack_on_host(x):
         try:
             data = np.from_dlpack(x)
@@ -146,6 +148,45 @@ def as_tensor(x, name: str) -> Tensor:
         return Tensor(data, _logical_dtype(data.dtype), "dlpack", x)
     raise InvalidArguments(
         name, f"is a {type(x).__name__}; expected a NumPy, CuPy, PyTorch or DLPack array")
+
+
+def _from_jax(x, name: str) -> Tensor:
+    """A JAX array: on the CPU a NumPy view (bf16 / fp8 through ml_dtypes, which JAX's own dtypes
+    are), on a GPU a CuPy view through DLPack (bf16 / fp8 as their raw bits, which DLPack carries).
+    A tracer (inside jax.jit, vmap, grad) holds no values: refused with what to do instead."""
+    import jax
+    if isinstance(x, jax.core.Tracer):
+        raise InvalidArguments(name, "is a JAX tracer (the call is inside jax.jit, vmap or grad): attnplan does not "
+                                     "support tracing yet; call it on concrete arrays, outside jit")
+    if not isinstance(x, jax.Array):
+        raise InvalidArguments(name, f"is a {type(x).__name__}; expected a NumPy, CuPy, PyTorch, JAX or DLPack array")
+    devices = x.devices()
+    if len(devices) != 1:
+        raise InvalidArguments(name, f"is sharded over {len(devices)} devices; attnplan takes a single-device array")
+    if next(iter(devices)).platform == "cpu":
+        data = np.asarray(x)
+        return Tensor(data, _logical_dtype(data.dtype), "jax", x)
+    logical = dtype_name(x.dtype) or f"other:{x.dtype}"
+    raw = _RAW_STORAGE.get(logical)
+    try:
+        cp = _cupy()
+        source = jax.lax.bitcast_convert_type(x, raw) if raw is not None else x
+        data = cp.from_dlpack(source)
+    except Exception as exc:
+        raise InvalidArguments(name, f"could not be viewed through DLPack: {exc}") from exc
+    return Tensor(data, logical, "jax", x)
+
+
+def _to_jax(storage, dtype: str, like: Tensor):
+    """`storage` as a jax.Array on `like`'s device (the caller's type)."""
+    import jax
+    device = next(iter(like.source.devices()))
+    if not like.is_cuda:
+        return jax.device_put(storage, device)           # NumPy (ml_dtypes for bf16 / fp8) -> jax.Array
+    raw = _RAW_STORAGE.get(dtype)
+    bits = storage.view(raw) if raw is not None and storage.dtype != raw else storage
+    out = jax.dlpack.from_dlpack(bits)
+    return jax.lax.bitcast_convert_type(out, HOST_DTYPES[dtype]) if raw is not None else out
 
 
 @functools.lru_cache(maxsize=None)
@@ -281,6 +322,8 @@ def to_caller(storage, dtype: str, like: Tensor):
         target = {"bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn,
                   "e5m2": torch.float8_e5m2}.get(dtype)
         return raw.view(target) if target is not None else raw
+    if like.origin == "jax":
+        return _to_jax(storage, dtype, like)
     if like.origin == "dlpack":
         top = sys.modules.get(type(like.source).__module__.split(".")[0])
         converter = getattr(top, "from_dlpack", None) or getattr(getattr(top, "numpy", None), "from_dlpack", None)
