@@ -122,19 +122,20 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
 
   const SharedTiles smem = SharedTiles::at(smem_raw);
-  const int warpgroup = static_cast<int>(threadIdx.x) / kWarpgroupThreads;
   if constexpr (!kHasProducer) {  // rung "wgmma": every warpgroup a consumer, loading its own tiles
     TileWork w;
     Sequence seq;
     MaskInfo mask;
     if (work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask))
-      consume_work(p, smem, w, seq, mask, warpgroup, static_cast<int>(threadIdx.x) % kWarpgroupThreads);
+      consume_work(p, smem, w, seq, mask, static_cast<int>(threadIdx.x) / kWarpgroupThreads,
+                   static_cast<int>(threadIdx.x) % kWarpgroupThreads);
     return;
   }
   if (threadIdx.x == 0) init_barriers(smem);
   __syncthreads();
 
   // The producer and the consumers walk the same work tiles and count ring iterations alike.
+  const int warpgroup = static_cast<int>(threadIdx.x) / kWarpgroupThreads;
   int ring = 0, round = 0;
   TileWork w;
   Sequence seq;

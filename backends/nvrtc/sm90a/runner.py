@@ -1,7 +1,8 @@
 """The sm90a forward at run time: the parameter block with its four TMA maps, and the launch.
 
 Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / block_m), heads_q, batch) or the
-persistent rung's (min(work tiles, SMs), 1, 1), 384 threads (512 with three consumers, block_m 192),
+persistent rung's (min(work tiles, SMs), 1, 1), tiles.num_warps(block_m, rung) * 32 threads (384 for two
+consumers and the producer; 512 with three, block_m 192; rung "wgmma" has no producer: 256 / 384),
 one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map, and tile_counter: the
 persistent rung's work counter, one int32 per stream, zeroed by a memset before each launch).
 

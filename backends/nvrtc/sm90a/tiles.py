@@ -1,11 +1,12 @@
 """Tiles, warp roles and shared memory of the sm90a forward kernel (kernels/sm90a/fwd.cu).
 
-The kernel is compiled with -D HEAD_DIM, HEAD_DIM_V (= HEAD_DIM), BLOCK_M, BLOCK_N, NUM_WARPS,
-KV_STAGES (plus dtype and feature switches) and launched as
+The kernel is compiled with -D HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_N, NUM_WARPS, KV_STAGES (plus
+the rung, dtype and feature switches) and launched as
 
-    grid  = (ceil(seqlen_q / block_m), heads_q, batch)
-    block = num_warps * 32 threads: one producer warpgroup (TMA) + block_m / 64 consumer warpgroups
-    dynamic shared memory = shared_memory_bytes(head_dim, block_m, block_n, stages)
+    grid  = (ceil(seqlen_q / block_m), heads_q, batch), or the persistent rung's (min(work tiles, SMs), 1, 1)
+    block = num_warps(block_m, rung) * 32 threads: one producer warpgroup (TMA; none in rung "wgmma")
+            + block_m / 64 consumer warpgroups
+    dynamic shared memory = shared_memory_bytes(head_dim, block_m, block_n, stages, head_dim_v=...)
 
 Every number here restates kernels/sm90a/fwd_config.cuh / fwd_layout.cuh; the compile
 static_asserts the shared-memory size (ATTN_EXPECTED_SMEM_BYTES) and the tests check the rest.
@@ -30,10 +31,7 @@ CONSUMER_ROWS = 64                  # query rows per consumer warpgroup: one m64
 # budgets must fit.  The persistent rung's producer (it also draws the work indices) keeps 32.
 REGISTERS = {2: (24, 240), 3: (24, 160)}
 PERSISTENT_REGISTERS = {2: (32, 232), 3: (32, 160)}
-CONSUMERS = 2                       # the default tile's consumer warpgroups
-BLOCK_M = CONSUMERS * CONSUMER_ROWS
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
-PRODUCER_REGISTERS, CONSUMER_REGISTERS = REGISTERS[CONSUMERS]
 HEAD_DIMS = (64, 128, 192, 256)
 # (head_dim, head_dim_v) pairs with V narrower than Q and K: DeepSeek's 192 / 128.
 HEAD_DIM_V_PAIRS = ((192, 128),)
@@ -87,11 +85,6 @@ def launch_registers(block_m: int, rung: str = "") -> int:
     return min(255, 65536 // (num_warps(block_m, rung) * 32)) // 8 * 8
 
 
-NUM_WARPS = num_warps(BLOCK_M)
-THREADS = NUM_WARPS * 32
-LAUNCH_REGISTERS = launch_registers(BLOCK_M)            # 168 for the default tile
-
-
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
@@ -143,29 +136,27 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
                          f"head_dim_v == head_dim, or {' or '.join(f'{v} with {d}' for d, v in HEAD_DIM_V_PAIRS)}")
     named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
     if named:
-        tiles = TileConfig(named[0], named[1], num_warps(named[0], rung))
+        block_m, block_n = named
+        source = f"{TILES_VARIABLE}: the d={desc.head_dim} tile {block_m}x{block_n}"
+    else:
+        if rung == "persistent":
+            table = PERSISTENT_TILES
+        elif rung == "pingpong" or desc.softcap:
+            table = TWO_CONSUMER_TILES
+        else:
+            table = TILES
+        block_m, block_n = table[pair]
+        source = f"head_dim={desc.head_dim}: the sm90a tile"
+    tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
+    if named:
         try:
             check_tiles(desc.direction, tiles)
             check_variant(tiles, STAGES, rung)
         except ValueError as exc:
             raise ValueError(f"{TILES_VARIABLE}={os.environ[TILES_VARIABLE]!r}: {exc}") from None
-        needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
-        if needed > smem_limit(arch):
-            raise ValueError(f"{TILES_VARIABLE}: the d={desc.head_dim} tile {named[0]}x{named[1]} needs {needed} "
-                             f"bytes of shared memory, sm_{arch} allows {smem_limit(arch)}")
-        return tiles
-    if rung == "persistent":
-        table = PERSISTENT_TILES
-    elif rung == "pingpong" or desc.softcap:
-        table = TWO_CONSUMER_TILES
-    else:
-        table = TILES
-    block_m, block_n = table[pair]
-    tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
     needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
     if needed > smem_limit(arch):
-        raise ValueError(f"head_dim={desc.head_dim}: the sm90a tile needs {needed} bytes of shared memory, "
-                         f"sm_{arch} allows {smem_limit(arch)}")
+        raise ValueError(f"{source} needs {needed} bytes of shared memory, sm_{arch} allows {smem_limit(arch)}")
     return tiles
 
 
@@ -205,7 +196,7 @@ def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
         raise ValueError(f"sm90a rung {rung!r} holds K_k and V_(k-1) at once: stages must be 2 or more, not {stages}")
 
 
-def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int = BLOCK_M, persistent_ctas: int = 0
+def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int, persistent_ctas: int = 0
          ) -> tuple[int, int, int]:
     """One CTA per work tile, or with `persistent_ctas` (the SM count) a persistent grid of at most that
     many CTAs, each walking work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (fwd.cu WorkSchedule)."""
