@@ -784,13 +784,29 @@ def test_the_tiles_variable_names_a_tile_per_head_dim_and_bad_ones_are_reasons(m
         tiles.choose_tiles(desc64, 90, "pingpong")
 
 
-def test_head_dim_192_and_192_by_128_are_built_but_gated_until_a_gpu_verifies_them(monkeypatch):
+def _record_at(monkeypatch, tmp_path, rungs: dict):
+    """The sm90a backend reading a verification record of `rungs` (rung -> record fields) instead of the package's."""
+    record = tmp_path / "verified.json"
+    record.write_text(json.dumps({"rungs": {r: {"device": "NVIDIA H200", "date": "x", "results": "y", **extra}
+                                            for r, extra in rungs.items()}}))
+    backend = registry.get(NAME)
+    monkeypatch.setattr(backend, "generation", attrs.evolve(backend.generation, verification=record))
+
+
+def test_head_dims_192_and_192_by_128_are_gated_per_head_dim_pair(monkeypatch, tmp_path):
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
     monkeypatch.delenv(sm90a.RUNG_VARIABLE, raising=False)
-    for head_dim_v, tile in ((192, (128, 112)), (128, (128, 128))):
+    cases = [(192, (128, 112)), (128, (128, 128))]
+    # The package's record: the H200 ladder of 2026-12-02 verified both pairs on every rung.
+    for head_dim_v, tile in cases:
         desc = _desc(head_dim=192, head_dim_v=head_dim_v, causal=True)
         t = tiles.choose_tiles(desc, 90, sm90a.choose_rung(desc, 90))
         assert (t.block_m, t.block_n) == tile
+        assert explain(desc, "sm_90").of(NAME).accepted
+    # A record that names only the first head dims gates the rest, with the pair in the reason.
+    _record_at(monkeypatch, tmp_path, {r: {"head_dims": [[64, 64], [128, 128], [256, 256]]} for r in sm90a.RUNGS})
+    for head_dim_v, _ in cases:
+        desc = _desc(head_dim=192, head_dim_v=head_dim_v, causal=True)
         verdict = explain(desc, "sm_90").of(NAME)
         assert not verdict.accepted
         assert f"at head dims 192/{head_dim_v}; verified: 64/64, 128/128, 256/256" in verdict.reasons[0]
@@ -813,14 +829,16 @@ def test_a_record_without_head_dims_verifies_every_head_dim(monkeypatch, tmp_pat
     assert explain(_desc(head_dim=192, head_dim_v=128), "sm_90").of(NAME).accepted
 
 
-def test_the_wgmma_rung_has_no_producer_and_stays_gated_until_verified(monkeypatch):
+def test_the_wgmma_rung_has_no_producer_and_is_gated_like_the_others(monkeypatch, tmp_path):
     monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
     monkeypatch.setenv(sm90a.RUNG_VARIABLE, "wgmma")
     backend = NvrtcBackend(sm90a.GENERATION)
     key = backend.dispatch_key(GATED, SM90)
     assert key.rung == "wgmma" and key.tiles.num_warps == 8 and "_m128n176w8s2_wgmma_" in key.name
     assert key.defines()["RUNG_WGMMA"] == 1
-    assert "wgmma" not in verified_rungs(sm90a.VERIFICATION)
+    assert "wgmma" in verified_rungs(sm90a.VERIFICATION)                   # the H200 ladder of 2026-12-02
+    assert explain(GATED, "sm_90").of(NAME).accepted
+    _record_at(monkeypatch, tmp_path, {r: {} for r in sm90a.RUNGS if r != "wgmma"})
     verdict = explain(GATED, "sm_90").of(NAME)
     assert not verdict.accepted and "not verified on a GPU yet (rung 'wgmma')" in verdict.reasons[0]
     assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted
