@@ -46,10 +46,14 @@ SM90A_CONFIGS = {128: [(rung, 2) for rung in sm90a.RUNGS], 256: [(rung, 2) for r
 # "rung", "stages" (default 2), or "causal": False for a non-causal-only candidate), the tiles whose
 # kernels do not spill there (tests/test_sm90a_forward.py); block_m 192 is three consumer warpgroups.
 SM90A_TILES = {64: [(128, 128), (128, 160), (128, 192), (128, 224), (192, 128), (192, 128, {"stages": 3}),
-                    (192, 112), (192, 96), (192, 80)],
+                    (192, 112), (192, 96), (192, 80), (128, 128, {"rung": "persistent"}),
+                    (128, 160, {"rung": "persistent"}), (192, 128, {"rung": "persistent"})],
                128: [(128, 128), (128, 144), (128, 160), (128, 176), (128, 192, {"causal": False}), (192, 64),
-                     (192, 80), (128, 176, {"rung": "pingpong"}), (128, 128, {"rung": "pingpong"})],
-               256: [(128, 64), (128, 80), (128, 80, {"rung": "pingpong"})]}
+                     (192, 80), (128, 176, {"rung": "pingpong"}), (128, 128, {"rung": "pingpong"}),
+                     (128, 128, {"rung": "persistent"}), (128, 160, {"rung": "persistent"}),
+                     (128, 176, {"rung": "persistent"})],
+               256: [(128, 64), (128, 80), (128, 80, {"rung": "pingpong"}), (128, 64, {"rung": "persistent"}),
+                     (128, 80, {"rung": "persistent"})]}
 GENERATIONS = {"sm80": sm80.GENERATION, "sm90a": sm90a.GENERATION}
 
 

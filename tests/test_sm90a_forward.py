@@ -328,6 +328,12 @@ def compile_matrix() -> dict:
         for head_dim in tiles.HEAD_DIMS:
             for rung in sorted({sm90a.RUNG, "pingpong"}):
                 descs.append((f"{name}-d{head_dim}-{rung}", _desc(head_dim=head_dim, **extra), rung))
+    for rung in sm90a.RUNGS:                     # varlen (thd): direct output stores, V's tail zeroed
+        descs.append((f"varlen-d128-causal-{rung}", _desc(layout="thd", causal=True), rung))
+        descs.append((f"varlen-f16-d64-{rung}", _desc(layout="thd", dtype="f16", head_dim=64), rung))
+    for head_dim in (128, 256):
+        descs.append((f"varlen-everything-d{head_dim}", _desc(layout="thd", head_dim=head_dim, **FEATURES["everything"]),
+                      sm90a.RUNG))
     keys = {}
     for label, desc, rung in descs:          # one compile per distinct kernel
         # the rung the problem gets when `rung` is the default (choose_rung gives "tma" where the
@@ -402,13 +408,20 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     assert key.tiles.num_warps == tiles.num_warps(key.tiles.block_m, key.rung)
     assert info.registers <= tiles.launch_registers(key.tiles.block_m, key.rung)
     registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
+    # The output: TMA stores of the staged tile, or (the persistent grid, varlen) 4-byte stores from the
+    # registers: two per n8 column block per row pair of each thread, and no staging barrier.
+    direct = key.rung == "persistent" or key.varlen
+    stores = 0 if direct else v_panels
+    staging = 0 if direct else 1
+    if direct:
+        assert ops.get("STG.E", 0) >= 2 * key.head_dim_v // 8
     if key.rung == "wgmma":
         # No producer, no mbarriers, no setmaxnreg: 16-byte cp.async copies (LDGSTS) and their waits; the
         # load barrier twice (tiles landed, in the loop and after it), once per tile for the buffer's
         # reuse, and the staging barrier; the output still leaves by TMA stores.
         assert ops.get("LDGSTS.E.BYPASS.128", 0) >= 3 and ops.get("DEPBAR.LE", 0) >= 2
-        assert bars == {"BAR.SYNC.DEFER_BLOCKING": 4}
-        expected = {"UTMALDG.4D": 0, "UTMASTG.4D": v_panels, "UTMACCTL.PF": 0, "USETMAXREG.DEALLOC.CTAPOOL": 0,
+        assert bars == {"BAR.SYNC.DEFER_BLOCKING": 3 + staging}
+        expected = {"UTMALDG.4D": 0, "UTMASTG.4D": stores, "UTMACCTL.PF": 0, "USETMAXREG.DEALLOC.CTAPOOL": 0,
                     "USETMAXREG.TRY_ALLOC.CTAPOOL": 0, "SYNCS.EXCH.64": 0, "ATOMG.E.ADD.STRONG.GPU": 0}
         assert {op: ops.get(op, 0) for op in expected} == expected
         return
@@ -416,15 +429,18 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     # barrier and a hand-over arrive, plus consumer 1's first hand-over; no other rung arrives.
     turns = 3 if key.rung == "pingpong" else 0
     assert bars.get("BAR.ARV", 0) == (turns + 1 if turns else 0)
-    assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 2 + turns       # __syncthreads, the staging barrier
-    expected = {"UTMALDG.4D": 2 * panels + v_panels,          # Q, K, V: one box per 64-column panel
-                "UTMASTG.4D": v_panels, "UTMACCTL.PF": 4,
+    assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 1 + staging + turns       # __syncthreads, the staging barrier
+    # Q, K, V: one box per 64-column panel (varlen: V twice, to v_full or, for a tile past the sequence's
+    # end, to v_landed)
+    expected = {"UTMALDG.4D": 2 * panels + v_panels * (2 if key.varlen else 1),
+                "UTMASTG.4D": stores, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
     assert not ops.get("LDGSTS.E.BYPASS.128", 0)
     # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
     assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung == "persistent" else 0)
-    assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages                  # mbarrier.init: Q's two, the ring's
+    # mbarrier.init: Q's two, the ring's (and varlen's v_landed)
+    assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages + (1 if key.varlen else 0)
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
     # Registers: the consumer code stays inside its setmaxnreg budget and the producer's code inside its own.
     producer_budget, consumer_budget = tiles.register_budgets(key.tiles.block_m, key.rung)
@@ -568,6 +584,43 @@ def test_strided_arrays_become_maps_with_their_strides():
     q_call = next(c for c in runner.driver.calls if c["address"] == bound.q.ptr)
     assert q_call["dims"] == [128, 300, 8, 2]
     assert q_call["strides"] == [16 * 128 * 2, 2 * 128 * 2, 300 * 16 * 128 * 2]
+
+
+def test_varlen_maps_hold_every_sequence_as_one_batch_of_packed_rows():
+    desc = PLUMBING.replace(layout="thd", batch=3)
+    plan, runner = _runner(desc)
+    assert runner.grid == (math.ceil(300 / 128), 8, 3)           # the longest sequence's query tiles
+    lengths_q, lengths_kv = [300, 7, 120], [517, 40, 0]
+    cu_q, cu_kv = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_kv))
+    total_q, total_kv = int(cu_q[-1]), int(cu_kv[-1])
+    args = {"q": _host_array((total_q, 8, 128)), "k": _host_array((total_kv, 2, 128)),
+            "v": _host_array((total_kv, 2, 128)), "cu_seqlens_q": cu_q, "cu_seqlens_kv": cu_kv}
+    bound = bind_arguments(desc, args)
+    out = wrap_storage(_host_array((total_q, 8, 128)), desc.dtype)
+    lse = wrap_storage(np.zeros(lse_shape(desc, total_q), np.float32), "f32")
+    block = runner.block(bound, out, lse)
+    calls = {call["address"]: call for call in runner.driver.calls}
+    for tensor, rows, box in ((bound.q, total_q, 128), (bound.k, total_kv, 176), (bound.v, total_kv, 176), (out, total_q, 64)):
+        heads = tensor.shape[1]
+        call = calls[tensor.ptr]
+        assert call["rank"] == 4 and call["dims"] == [128, rows, heads, 1]
+        assert call["strides"] == [heads * 128 * 2, 128 * 2, rows * heads * 128 * 2]
+        assert call["box"] == [64, box, 1, 1]
+    assert (block.cu_seqlens_q, block.cu_seqlens_kv) == (bound.cu_seqlens_q.ptr, bound.cu_seqlens_kv.ptr)
+    assert (block.q_batch_stride, block.q_row_stride, block.lse_row_stride) == (0, 8 * 128, 1)
+
+
+def test_varlen_is_gated_until_a_gpu_run_verifies_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    desc = GATED.replace(layout="thd")
+    _record_at(monkeypatch, tmp_path, {r: {"features": []} for r in sm90a.RUNGS})
+    verdict = explain(desc, "sm_90").of(NAME)
+    assert not verdict.accepted
+    assert f"not verified on a GPU yet (rung {GATED_RUNG!r} with varlen; verified: dense layouts only)" in verdict.reasons[0]
+    assert explain(desc, "sm_90", prefer=NAME).of(NAME).accepted            # the opt-in runs it
+    assert explain(GATED, "sm_90").of(NAME).accepted                        # dense stays verified
+    _record_at(monkeypatch, tmp_path, {r: {"features": ["varlen"]} for r in sm90a.RUNGS})
+    assert explain(desc, "sm_90").of(NAME).accepted
 
 
 def test_strides_tma_cannot_address_are_refused_naming_the_array():
@@ -728,7 +781,6 @@ def test_the_shipped_record_decides_the_default_verdict(monkeypatch):
 DECLINED = {
     "backward": (dict(direction="backward"), "no backward pass"),
     "dropout": (dict(dropout_p=0.1), "dropout not supported"),
-    "varlen": (dict(layout="thd"), "layout 'thd' not supported"),
     "paged": (dict(paged=PagedKV(64, 16)), "paged KV not supported"),
     "bias": (dict(bias=True), "additive bias not supported"),
     "fp8": (dict(dtype="e4m3"), "dtype 'e4m3' not supported"),

@@ -23,6 +23,14 @@ from .generations import GENERATIONS
 from attnplan.install_hints import install_hint
 
 
+# The features a verification record may list under "features" (a record without the key verifies them all).
+GATED_FEATURES = ("varlen", "paged")
+
+
+def used_gated_features(desc: AttentionDescriptor) -> list[str]:
+    return [name for name, used in (("varlen", desc.varlen), ("paged", desc.paged is not None)) if used]
+
+
 class NvrtcBackend(Backend):
     """One kernel generation, registered as its own candidate `nvrtc.<generation>`; the facade checks
     that generation's capabilities, so each generation is accepted or rejected on its own merits."""
@@ -65,6 +73,14 @@ class NvrtcBackend(Backend):
             verified = ", ".join(f"{d}/{v}" for d, v in pairs)
             return [f"not verified on a GPU yet (rung {rung!r} at head dims {desc.head_dim}/{desc.head_dim_v}; "
                     f"verified: {verified}): {opt_in}"]
+        # ... and the layout features it verified (GATED_FEATURES): a kernel path added since stays gated
+        features = entry.get("features") if isinstance(entry, dict) else None
+        if features is not None:
+            missing = [name for name in used_gated_features(desc) if name not in features]
+            if missing:
+                verified = ", ".join(features) or "dense layouts only"
+                return [f"not verified on a GPU yet (rung {rung!r} with {', '.join(missing)}; verified: {verified}): "
+                        f"{opt_in}"]
         return []
 
     def availability(self, desc: AttentionDescriptor, device: Device) -> list[str]:
@@ -115,6 +131,7 @@ class NvrtcBackend(Backend):
             stages = _pinned_int(config, "stages")
         if config:
             generation.check_variant(tiles, stages, rung)
+            generation.check_problem_tiles(desc, tiles)
         return DispatchKey.for_problem(desc, generation.name, generation.compile_arch(device.arch), tiles, dq_tiles,
                                        stages, rung)
 

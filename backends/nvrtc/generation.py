@@ -73,6 +73,8 @@ class Generation:
     check_tiles: Callable[[str, TileConfig], None] = _any_tiles
     # ValueError for a pinned (tile, stages, rung) combination its kernels cannot be built with.
     check_variant: Callable[[TileConfig, int, str], None] = lambda tiles, stages, rung: None
+    # ValueError for a pinned tile this problem cannot use (e.g. a key tile its KV pages do not fill).
+    check_problem_tiles: Callable[[AttentionDescriptor, TileConfig], None] = lambda desc, tiles: None
     workspace_size: Callable[[AttentionDescriptor], int] = _no_workspace
     # "a" for kernels that use arch-specific features (wgmma, setmaxnreg): compiled for sm_90a.
     arch_suffix: str = ""

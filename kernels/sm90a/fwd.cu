@@ -71,6 +71,16 @@ __device__ __forceinline__ int next_work_index(const FwdParams& p) {
   return static_cast<int>(gridDim.x) + atomicAdd(static_cast<int*>(p.tile_counter), 1);
 }
 
+// The producer warp's next work index: drawn by its leader, the same for every lane.
+__device__ __forceinline__ int draw_work_index(const FwdParams& p, const Producer& producer) {
+  if constexpr (kProducerLanes == 1) {
+    return next_work_index(p);
+  } else {
+    const int next = producer.leader() ? next_work_index(p) : 0;
+    return __shfl_sync(0xffffffffu, next, 0);
+  }
+}
+
 // Work tile `coord` (false for a query tile past the sequence's end, which has no work).
 __device__ __forceinline__ bool work_of(const FwdParams& p, TileCoord coord, int ring, int round, TileWork& w,
                                         Sequence& seq, MaskInfo& mask) {
@@ -108,8 +118,8 @@ __device__ __forceinline__ void consume_work(const FwdParams& p, const SharedTil
 #endif
   float out_scale[2], lse[2];
   softmax.finalize(rules.exp_scale, sink_logit, 1.f, out_scale, lse);
-  store_output(p, smem, w, consumer, thread, row_first, seq.seqlen_q, o, out_scale);
-  store_row_lse(p, w, WgmmaRowsC::at(thread, row_first, 0), thread, seq.seqlen_q, lse);
+  store_output(p, smem, w, seq, consumer, thread, row_first, o, out_scale);
+  store_row_lse(p, w, WgmmaRowsC::at(thread, row_first, 0), thread, seq, lse);
 }
 
 }  // namespace sm90a
@@ -142,28 +152,33 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
   MaskInfo mask;
   if (warpgroup == 0) {
     setmaxnreg_dec<kProducerRegisters>();
-    if (threadIdx.x != 0) return;
-    prefetch_tensor_maps(p);
+    if constexpr (kProducerLanes == 1) {
+      if (threadIdx.x != 0) return;
+    } else {
+      if (threadIdx.x >= kProducerLanes) return;
+    }
+    Producer producer{static_cast<int>(threadIdx.x), 0};
+    if (producer.leader()) prefetch_tensor_maps(p);
     if constexpr (!kPersistentGrid) {
       if (!work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask)) return;
-      load_tiles(p, smem, w);
+      load_tiles(p, smem, w, seq, producer);
       return;
     }
     const WorkQueue queue = WorkQueue::of(p);
     for (int index = static_cast<int>(blockIdx.x);;) {
       const bool valid = index < queue.total;
       const bool has_work = valid && work_of(p, queue.coord(index), ring, round, w, seq, mask);
-      const int next = has_work ? next_work_index(p) : 0;  // drawn early: its latency hides under the loads
+      const int next = has_work ? draw_work_index(p, producer) : 0;  // drawn early: its latency hides under the loads
       wait_q_free(smem, round);
-      *smem.work_slot() = index;
+      if (producer.leader()) *smem.work_slot() = index;
       if (!has_work) {
-        mbarrier_arrive(smem.barrier(Layout::q_full()));  // the index alone: no tile, or the end
+        if (producer.leader()) mbarrier_arrive(smem.barrier(Layout::q_full()));  // the index alone: no tile, or the end
         if (!valid) return;
         ++round;
-        index = next_work_index(p);
+        index = draw_work_index(p, producer);
         continue;
       }
-      load_tiles(p, smem, w);  // Q's arrive.expect_tx releases the slot's write with it
+      load_tiles(p, smem, w, seq, producer);  // Q's arrive.expect_tx releases the slot's write with it
       ring += w.tiles.count();
       ++round;
       index = next;

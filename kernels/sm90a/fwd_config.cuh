@@ -30,8 +30,8 @@
 #error "one rung at a time: RUNG_WGMMA, RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
 #endif
 
-#if IS_VARLEN || IS_PAGED || HAS_DROPOUT
-#error "the sm90a forward has no varlen, paged KV or dropout (backends/nvrtc/sm90a declines them)"
+#if IS_PAGED || HAS_DROPOUT
+#error "the sm90a forward has no paged KV or dropout (backends/nvrtc/sm90a declines them)"
 #endif
 
 namespace attn {
@@ -70,6 +70,18 @@ constexpr Rung kRung = RUNG_WGMMA ? Rung::kWgmma
                        : RUNG_OVERLAP  ? Rung::kOverlap
                                        : Rung::kTma;
 constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
+// How the output leaves (fwd_epilogue.cuh): staged in the consumer's rows of Q and written by TMA
+// stores, or stored straight from the accumulator registers.  Direct in the persistent grid, so that
+// Q's buffer is free for the next work tile's Q as soon as the last S = Q K^T has read it (the load
+// then runs under the last P V and the epilogue), and with varlen, where a partial tile's rows run
+// on into the next sequence, which a TMA store of whole boxes would overwrite.
+constexpr bool kDirectOutput = kPersistentGrid || IS_VARLEN;
+// Varlen: TMA fills only past the tensor's end, so the rows of a key tile past its sequence's end hold
+// the next sequence's keys.  The mask hides them in S, but in O += P V a P of 0 times an Inf or NaN
+// there would still be NaN: the producer zeroes those rows of V before the consumers read it
+// (fwd_mainloop.cuh load_tiles), with its whole warp (kProducerLanes; one thread issues the loads).
+constexpr bool kZeroVTail = IS_VARLEN;
+constexpr int kProducerLanes = kZeroVTail ? 32 : 1;
 
 // Register budgets after setmaxnreg (one CTA per SM): the producer keeps what a loop of TMA issues
 // needs, the consumers take the rest (O is kHeadDim / 2 floats per thread, S kBlockN / 2, P
@@ -78,10 +90,10 @@ constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
 // the producers' .dec freed enough: producer * 128 + consumer * kConsumerThreads <= that pool.
 //   two consumers (384 threads, 168 at launch: 64512): 24 + 240 (64512);
 //   three (192 query rows; 512 threads, 128 at launch: 65536): 24 + 160 (64512);
-//   the persistent grid's producer also draws work indices and keeps the queue: 32 + 232 (63488)
+//   the persistent grid's producer also draws work indices and keeps the queue: 40 + 232 (64512)
 //   with two consumers, 32 + 160 (65536) with three.
 constexpr int kLaunchRegisters = kRegisterFile / kThreads / 8 * 8;
-constexpr int kProducerRegisters = kPersistentGrid ? 32 : 24;
+constexpr int kProducerRegisters = kPersistentGrid ? (kConsumers == 2 ? 40 : 32) : 24;
 constexpr int kConsumerRegisters = kConsumers == 2 ? (kPersistentGrid ? 232 : 240) : 160;
 // A persistent wave's K and V stay within this much L2 (tile_scheduler.cuh l2_wave_pairs): half the
 // H100 / H200's 50 MB, so that the wave's tiles and what other traffic there is fit together.

@@ -68,8 +68,10 @@ struct FwdLayout {
   static constexpr unsigned kV = kK + Stages * kKTileBytes;
   static constexpr unsigned kBarriers = kV + Stages * kVTileBytes;
   // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s], then q_empty (a persistent CTA's next
-  // Q waits for the epilogue, which stages the output in Q's rows, to have been stored).
-  static constexpr int kNumBarriers = 2 + 4 * Stages;
+  // Q waits for Q's rows to be free: read by the last S = Q K^T, and the output staged there stored),
+  // then v_landed (varlen: a V tile whose rows run past the sequence lands there first, so that the
+  // producer can zero those rows before it completes v_full; fwd_mainloop.cuh load_tiles).
+  static constexpr int kNumBarriers = 3 + 4 * Stages;
   // After the barriers: the work slot, one int (a persistent CTA's next work index), padded to 8 bytes.
   static constexpr unsigned kWorkSlot = kBarriers + kNumBarriers * kBarrierBytes;
   static constexpr unsigned kBarrierRegionBytes = round_up_bytes(kNumBarriers * kBarrierBytes + 8, 128);
@@ -89,6 +91,7 @@ struct FwdLayout {
   __host__ __device__ static constexpr int v_full(int stage) { return 1 + 2 * Stages + stage; }
   __host__ __device__ static constexpr int v_empty(int stage) { return 1 + 3 * Stages + stage; }
   __host__ __device__ static constexpr int q_empty() { return 1 + 4 * Stages; }
+  __host__ __device__ static constexpr int v_landed() { return 2 + 4 * Stages; }
 
   // The destination of TMA box `panel` (columns 64 panel ..) of a tile of `rows` rows, from the tile's start.
   __host__ __device__ static constexpr unsigned panel(int rows, int p) { return p * rows * kPanelRowBytes; }

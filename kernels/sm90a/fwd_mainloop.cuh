@@ -65,6 +65,7 @@ __device__ __forceinline__ void init_barriers(const SharedTiles& smem) {
     mbarrier_init(smem.barrier(Layout::v_full(s)), 1);
     mbarrier_init(smem.barrier(Layout::v_empty(s)), kConsumerThreads);
   }
+  if constexpr (kZeroVTail) mbarrier_init(smem.barrier(Layout::v_landed()), 1);
   fence_barrier_init();
 }
 
@@ -97,22 +98,67 @@ __device__ __forceinline__ void wait_q_free(const SharedTiles& smem, int round) 
   mbarrier_wait_parity(smem.barrier(Layout::q_empty()), producer_wait_parity(q_state(round)));
 }
 
-// Q of work tile `w`, then K and V of every key tile it visits through the ring; Q's buffer must be free.
-__device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles& smem, const TileWork& w) {
+// Rows `valid` .. kBlockN - 1 of the V tile at `tile` set to zero by the producer warp's 32 lanes: whole
+// 128-byte rows of every panel (the swizzle permutes chunks within a row only, so they are contiguous).
+__device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int valid, int lane) {
+#pragma unroll 1
+  for (int panel = 0; panel < Layout::kVPanels; ++panel) {
+    uint4* rows = reinterpret_cast<uint4*>(tile + Layout::panel(kBlockN, panel));
+    for (int i = valid * (kPanelRowBytes / 16) + lane; i < kBlockN * static_cast<int>(kPanelRowBytes / 16); i += 32)
+      rows[i] = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// The producer's state across the CTA's work tiles: `lane` of the producer warp (kProducerLanes of it
+// run the producer; lane 0 issues every load and arrive) and how many V tiles have gone through
+// v_landed (its phase parity).
+struct Producer {
+  int lane;
+  int landed;
+
+  __device__ __forceinline__ bool leader() const { return kProducerLanes == 1 || lane == 0; }
+};
+
+// Q of work tile `w` (of sequence `seq`), then K and V of every key tile it visits through the ring;
+// Q's buffer must be free.  Coordinates (column, row, head, batch): varlen maps have one "batch" of
+// every sequence's rows, each sequence from its first row.
+__device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles& smem, const TileWork& w,
+                                           const Sequence& seq, Producer& producer) {
   const TmaDescriptor* q_map = tensor_map(p.q_map);
   const TmaDescriptor* k_map = tensor_map(p.k_map);
   const TmaDescriptor* v_map = tensor_map(p.v_map);
-  load_tile<kBlockM>(smem.bytes(Layout::kQ), q_map, smem.barrier(Layout::q_full()), Layout::kQBytes, w.m0, w.h, w.b);
+  const int batch = IS_VARLEN ? 0 : w.b;
+  if (producer.leader())
+    load_tile<kBlockM>(smem.bytes(Layout::kQ), q_map, smem.barrier(Layout::q_full()), Layout::kQBytes,
+                       seq.q_start + w.m0, w.h, batch);
   const int num_tiles = w.tiles.count();
   for (int k = 0; k < num_tiles; ++k) {
     const PipelineState st = pipeline_state(w.ring + k, kStages);
     const int key0 = w.tiles.tile(k) * kBlockN;
+    const int row0 = seq.kv_start + key0;
     mbarrier_wait_parity(smem.barrier(Layout::k_empty(st.stage)), producer_wait_parity(st));
-    load_tile<kBlockN>(smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
-                       Layout::kKTileBytes, key0, w.hkv, w.b);
+    if (producer.leader())
+      load_tile<kBlockN>(smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
+                         Layout::kKTileBytes, row0, w.hkv, batch);
     mbarrier_wait_parity(smem.barrier(Layout::v_empty(st.stage)), producer_wait_parity(st));
-    load_tile<kBlockN, Layout::kVPanels>(smem.bytes(Layout::v_tile(st.stage)), v_map,
-                                         smem.barrier(Layout::v_full(st.stage)), Layout::kVTileBytes, key0, w.hkv, w.b);
+    unsigned char* v_tile = smem.bytes(Layout::v_tile(st.stage));
+    const int valid = seq.seqlen_kv - key0;
+    if (kZeroVTail && valid < kBlockN) {
+      // The tile lands on v_landed; its rows past the sequence are zeroed (and the zeros made visible to
+      // wgmma, the async proxy) before v_full completes with the leader's plain arrive.
+      unsigned long long* landed = smem.barrier(Layout::v_landed());
+      if (producer.leader())
+        load_tile<kBlockN, Layout::kVPanels>(v_tile, v_map, landed, Layout::kVTileBytes, row0, w.hkv, batch);
+      mbarrier_wait_parity(landed, static_cast<unsigned>(producer.landed & 1));
+      ++producer.landed;
+      zero_tile_rows(v_tile, valid, producer.lane);
+      fence_proxy_async_shared_cta();
+      __syncwarp();
+      if (producer.leader()) mbarrier_arrive(smem.barrier(Layout::v_full(st.stage)));
+    } else if (producer.leader()) {
+      load_tile<kBlockN, Layout::kVPanels>(v_tile, v_map, smem.barrier(Layout::v_full(st.stage)), Layout::kVTileBytes,
+                                           row0, w.hkv, batch);
+    }
   }
 }
 
@@ -189,6 +235,14 @@ __device__ __forceinline__ void score_tile(float (&s)[kBlockN / 2], int tile, in
   if (tile_needs_mask(tile, kBlockN, rules.row_first, rules.row_last, rules.mask)) apply_mask(scores, at, rules.mask);
 }
 
+// Q's buffer is free once this consumer's last S = Q K^T has completed (every consumer thread
+// arrives): with the output stored from registers (kDirectOutput) a persistent CTA's next Q may then
+// land under the last P V and the epilogue.  Staged outputs release it in the epilogue instead.
+__device__ __forceinline__ void release_q_after_last_qk(const SharedTiles& smem, bool last) {
+  if constexpr (kDirectOutput && kHasProducer)
+    if (last) mbarrier_arrive(smem.barrier(Layout::q_empty()));
+}
+
 // Rung "tma": every key tile of `w` for consumer `consumer` (thread `thread` of its warpgroup), each
 // GEMM waited for before the next step: wait K, S = Q K^T, release K, modifiers and mask, the online
 // softmax (O rescaled), P, wait V, O += P V, release V.
@@ -206,6 +260,7 @@ __device__ __forceinline__ void consume_tiles_serial(const SharedTiles& smem, co
     mbarrier_wait_parity(smem.barrier(Layout::k_full(st.stage)), consumer_wait_parity(st));
     qk_gemm(s, q_desc, consumer, k_descriptor(smem, st.stage));
     mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
+    release_q_after_last_qk(smem, k == num_tiles - 1);
 
     score_tile(s, tile, thread, rules);
     softmax.update(as_fragment(s), as_fragment(o), rules.exp_scale);
@@ -216,6 +271,7 @@ __device__ __forceinline__ void consume_tiles_serial(const SharedTiles& smem, co
     pv_gemm(o, pf, v_descriptor(smem, st.stage));
     mbarrier_arrive(smem.barrier(Layout::v_empty(st.stage)));
   }
+  release_q_after_last_qk(smem, num_tiles == 0);
 }
 
 // The ping-pong schedule of the two consumer warpgroups (rung "pingpong"): a consumer issues its GEMMs
@@ -262,7 +318,10 @@ __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem
   // Q must have landed even when no key tile is visible: the epilogue stages the output in its rows.
   mbarrier_wait_parity(smem.barrier(Layout::q_full()), consumer_wait_parity(q_state(w)));
   const int num_tiles = w.tiles.count();
-  if (num_tiles == 0) return;  // the same for both consumers: no turn is taken
+  if (num_tiles == 0) {  // the same for both consumers: no turn is taken
+    release_q_after_last_qk(smem, true);
+    return;
+  }
   const unsigned long long q_desc = encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(0), kBlockM));
   const ConsumerTurns<kPingPong> turns{consumer};
   constexpr int kRows = OnlineSoftmax<kAccumulatorMTiles>::kRows;
@@ -281,6 +340,7 @@ __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem
     wgmma_wait_group<0>();
     fence_accumulator(s);
     mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
+    release_q_after_last_qk(smem, num_tiles == 1);
     score_tile(s, w.tiles.tile(0), thread, rules);
     softmax.max_step(as_fragment(s), rules.exp_scale, max_scaled, correction);  // O is 0: no rescale
     softmax.exp_step(as_fragment(s), rules.exp_scale, max_scaled, correction);
@@ -302,6 +362,7 @@ __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem
     wgmma_wait_group<1>();
     fence_accumulator(s);
     mbarrier_arrive(smem.barrier(Layout::k_empty(st.stage)));
+    release_q_after_last_qk(smem, k == num_tiles - 1);
     score_tile(s, w.tiles.tile(k), thread, rules);
     softmax.max_step(as_fragment(s), rules.exp_scale, max_scaled, correction);
     softmax.exp_step(as_fragment(s), rules.exp_scale, max_scaled, correction);

@@ -1,7 +1,9 @@
 """The sm90a forward's GPU ladder as data, simplest first, so that the first failing case says the
 most (tests/gpu/test_sm90a_gpu.py runs them, tests/gpu/sm90a_ladder.sh stops at the first
 failure).  Each case is (name, descriptor, input variant): "dense" arrays from random_inputs, or
-"strided" q / k / v that are views of wider arrays (every other head), addressed by their strides."""
+"strided" q / k / v that are views of wider arrays (every other head), addressed by their strides, or
+(varlen) "nan_neighbour": the last sequence has no query rows and NaN keys and values, which every
+other sequence's last key tile runs into (TMA fills only past the tensor's end): they must not leak.""
 
 from __future__ import annotations
 
@@ -72,6 +74,26 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
          "dense"),
         ("many-tiles-d64", _desc(seqlen_q=1000, seqlen_kv=1000, batch=4, heads_q=8, heads_kv=8, head_dim=64), "dense"),
     ]
+    # varlen (thd): gated until these pass on a GPU (verified.json "features"); last, so that a dense
+    # failure shows first
+    varlen = dict(layout="thd", batch=5, seqlen_q=300, seqlen_kv=400)
+    for head_dim, head_dim_v in ((64, 64), (128, 128), (256, 256), (192, 128)):
+        for causal in (False, True):
+            cases.append((f"varlen-d{head_dim}x{head_dim_v}-causal{int(causal)}",
+                          _desc(**varlen, head_dim=head_dim, head_dim_v=head_dim_v, causal=causal), "dense"))
+    cases += [
+        ("varlen-f16-gqa4-window", _desc(**varlen, dtype="f16", heads_q=8, heads_kv=2, causal=True, window=(33, 0)),
+         "dense"),
+        ("varlen-top-left-q-longer", _desc(layout="thd", batch=4, seqlen_q=517, seqlen_kv=300, causal=True,
+                                           causal_alignment="top_left"), "dense"),
+        ("varlen-everything", _desc(**{**varlen, **FEATURES["everything"]}), "dense"),
+        ("varlen-everything-d64", _desc(**{**varlen, "head_dim": 64, **FEATURES["everything"]}), "dense"),
+        ("varlen-nan-neighbour", _desc(**varlen, causal=True), "nan_neighbour"),
+        ("varlen-nan-neighbour-d64", _desc(**varlen, head_dim=64), "nan_neighbour"),
+        ("varlen-single-rows", _desc(layout="thd", batch=7, seqlen_q=17, seqlen_kv=17, causal=True), "dense"),
+        ("varlen-many-tiles", _desc(layout="thd", batch=6, seqlen_q=1023, seqlen_kv=1100, heads_q=8, heads_kv=2,
+                                    causal=True), "dense"),
+    ]
     return cases
 
 
@@ -81,6 +103,8 @@ def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
             # three consumers (d=64's 192-row tile), the last query tile partial
             ("memcheck-d64-three-consumers", _desc(seqlen_q=200, seqlen_kv=300, head_dim=64, heads_q=4, heads_kv=2,
                                                    causal=True, window=(90, 0), sink_tokens=2, alibi=True)),
+            ("memcheck-varlen-d128-gqa4", _desc(layout="thd", batch=4, seqlen_q=150, seqlen_kv=230, heads_q=4,
+                                                heads_kv=1, causal=True)),
             ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,
                                                **{k: v for k, v in FEATURES["everything"].items()
                                                   if k not in ("heads_q", "heads_kv")}))]

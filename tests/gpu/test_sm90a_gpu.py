@@ -50,10 +50,29 @@ def _every_other_head(x):
     return Tensor(view, x.dtype, x.origin, None) if isinstance(x, Tensor) else view
 
 
+def _nan_neighbour(args: dict) -> dict:
+    """Varlen inputs whose last sequence has no query rows and NaN keys and values: every other
+    sequence's last key tile runs into them, and its output must not see them."""
+    import cupy
+    cu_q, cu_kv = (cupy.asarray(args[name]) for name in ("cu_seqlens_q", "cu_seqlens_kv"))
+    last_q, first_kv = int(cu_q[-2]), int(cu_kv[-2])
+    q = args["q"].data if isinstance(args["q"], Tensor) else args["q"]
+    trimmed = cupy.ascontiguousarray(q[:last_q])
+    args["q"] = Tensor(trimmed, args["q"].dtype, args["q"].origin, None) if isinstance(args["q"], Tensor) else trimmed
+    cu_q[-1] = last_q
+    args["cu_seqlens_q"] = cu_q
+    for name in ("k", "v"):
+        raw = args[name].data if isinstance(args[name], Tensor) else args[name]
+        raw.view(cupy.uint16)[first_kv:] = 0x7FFF             # NaN in f16 and bf16
+    return args
+
+
 def inputs(desc, device, variant: str) -> dict:
     args = random_inputs(desc, device, seed=seed_for(desc))
     if variant == "strided":
         args.update({name: _every_other_head(args[name]) for name in ("q", "k", "v")})
+    if variant == "nan_neighbour":
+        args = _nan_neighbour(args)
     return args
 
 

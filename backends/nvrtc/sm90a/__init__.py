@@ -1,14 +1,14 @@
 """The sm_90a kernel generation (kernels/sm90a/fwd.cu: TMA, wgmma, warp specialization), Hopper only,
 compiled for sm_90a: tiles.py chooses the tiles and sizes shared memory, runner.py encodes the TMA
-maps (tma.py) and launches.  Gated per rung: the planner chooses a rung only once a GPU run has
-verified it (verified.json lists tma, overlap, pingpong and persistent, not yet wgmma: H200, 2026-12-02, on the
-measured tiles; tests/gpu/sm90a_ladder.sh writes the evidence).
+maps (tma.py) and launches.  Gated per rung, head dim pair and layout feature: the planner chooses a
+kernel only once a GPU run has verified it (verified.json: every rung at head dims 64, 128, 256, 192
+and 192/128 on dense bshd, H200, 2026-12-02; tests/gpu/sm90a_ladder.sh writes the evidence).
 
-Forward only, f16 / bf16, head dims 64, 128 and 256 (head_dim_v equal; 192, and 192 with head_dim_v
-128, are built and gated: verified.json names the head dims each rung was verified at), dense bshd, every mask
-feature (causal either alignment, sliding window, sink tokens), softcap, ALiBi, sink logits,
-GQA / MQA and the LSE.  Declined, with the planner's reasons: the backward pass, dropout, varlen and
-paged KV, an additive bias, fp8, the bhsd and thd layouts.
+Forward only, f16 / bf16, head dims 64, 128, 192 and 256 (head_dim_v equal, or 128 with 192), dense
+bshd and varlen thd (built and gated until a GPU run verifies it: verified.json "features"), every
+mask feature (causal either alignment, sliding window, sink tokens), softcap, ALiBi, sink logits,
+GQA / MQA and the LSE.  Declined, with the planner's reasons: the backward pass, dropout, paged KV,
+an additive bias, fp8, the bhsd layout.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ GENERATION = Generation(
     name="sm90a",
     capabilities=Capabilities(
         devices=frozenset({"cuda"}), min_arch=90, max_arch=90, dtypes=frozenset({"f16", "bf16"}),
-        backward_dtypes=frozenset(), layouts=frozenset({"bshd"}), head_dims=frozenset(tiles.HEAD_DIMS),
+        backward_dtypes=frozenset(), layouts=frozenset({"bshd", "thd"}), head_dims=frozenset(tiles.HEAD_DIMS),
         head_dim_v_differs=True, directions=frozenset({"forward"}), dropout=False, dropout_in_backward=False,
-        varlen=False, paged=False, paged_backward=False, bias=False, deterministic_backward=False,
+        varlen=True, paged=False, paged_backward=False, bias=False, deterministic_backward=False,
     ),
     choose_tiles=tiles.choose_tiles,
     forward=Module(entry_file="sm90a/fwd.cu", params=FORWARD_PARAMS, entry_points=forward_entry_points,
@@ -83,6 +83,7 @@ GENERATION = Generation(
     choose_stages=tiles.choose_stages,
     check_tiles=tiles.check_tiles,
     check_variant=tiles.check_variant,
+    check_problem_tiles=tiles.check_problem_tiles,
     arch_suffix="a",
     verification=VERIFICATION,
     rung=choose_rung,

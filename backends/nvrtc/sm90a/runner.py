@@ -6,9 +6,11 @@ consumers and the producer; 512 with three, block_m 192; rung "wgmma" has no pro
 one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map, and tile_counter: the
 persistent rung's work counter, one int32 per stream, zeroed by a memset before each launch).
 
-The maps are tiled CUtensorMaps (tma.py) over the caller's bshd arrays, dims (head_dim, rows,
-heads, batch): q in boxes of (64 columns, block_m rows), k and v (64, block_n), out (64, 64) (each
-consumer warpgroup stores its own 64 rows).  A map holds its tensor's address, so it is encoded per
+The maps are tiled CUtensorMaps (tma.py) over the caller's arrays, dims (head_dim, rows, heads,
+batch): q in boxes of (64 columns, block_m rows), k and v (64, block_n), out (64, 64) (each consumer
+warpgroup stores its own 64 rows; varlen and the persistent rung store from registers instead).
+Varlen (thd) arrays are one batch of every sequence's packed rows; a paged KV cache's maps are
+(head_dim, page_size, heads_kv, pages) with boxes of min(page_size, block_n) rows.  A map holds its tensor's address, so it is encoded per
 pointer; what depends on the arrays' layout only (the map parameters, the strides of the block) is
 worked out once per argument signature, and the filled block is kept per (signature, pointers): a
 repeated call with the same tensors does no host work beyond the launch.
@@ -64,9 +66,15 @@ def map_params(desc: AttentionDescriptor, key: DispatchKey, bound, out) -> dict:
     rows = {"q": t.block_m, "k": t.block_n, "v": t.block_n, "out": tiles.CONSUMER_ROWS}
     maps = {}
     for name, tensor in (("q", bound.q), ("k", bound.k), ("v", bound.v), ("out", out)):
+        shape, strides, layout = tuple(tensor.shape), tuple(tensor.strides), desc.layout
+        if desc.paged is not None and name in ("k", "v"):
+            layout = "paged"      # the caches: (column, row in the page, head, page), boxes of at most a page
+        elif layout == "thd":
+            # the kernel addresses every map as (column, row, head, batch): varlen's packed rows are one batch
+            shape, strides, layout = (1,) + shape, (shape[0] * strides[0],) + strides, "bshd"
         try:
-            maps[name] = tma.attention_map(desc.layout, tensor.shape, desc.dtype if name != "out" else desc.out_dtype,
-                                           rows[name], tensor.strides).params
+            maps[name] = tma.attention_map(layout, shape, desc.dtype if name != "out" else desc.out_dtype,
+                                           rows[name], strides).params
         except tma.TensorMapError as exc:
             raise InvalidArguments(name, f"its strides {list(tensor.strides)} (elements) cannot be a TMA map: "
                                          f"{exc.rule}") from None

@@ -28,9 +28,9 @@ CONSUMER_ROWS = 64                  # query rows per consumer warpgroup: one m64
 # setmaxnreg budgets (producer, consumer) by consumer warpgroups (fwd_config.cuh): 24 + 240 for two,
 # 24 + 160 for three (192 query rows).  setmaxnreg only moves registers within the CTA's launch
 # allocation (launch_registers x threads: 64512 with two consumers, 65536 with three), which the
-# budgets must fit.  The persistent rung's producer (it also draws the work indices) keeps 32.
+# budgets must fit.  The persistent rung's producer (it also draws the work indices) keeps 40 (32 with three).
 REGISTERS = {2: (24, 240), 3: (24, 160)}
-PERSISTENT_REGISTERS = {2: (32, 232), 3: (32, 160)}
+PERSISTENT_REGISTERS = {2: (40, 232), 3: (32, 160)}
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
 HEAD_DIMS = (64, 128, 192, 256)
 # (head_dim, head_dim_v) pairs with V narrower than Q and K: DeepSeek's 192 / 128.
@@ -91,12 +91,12 @@ def _round_up(x: int, m: int) -> int:
 
 def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2,
                         head_dim_v: Optional[int] = None) -> int:
-    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows; V head_dim_v wide), the 2 + 4 * stages mbarriers and
+    """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows; V head_dim_v wide), the 3 + 4 * stages mbarriers and
     the 8-byte work slot (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh
     FwdLayout::kBytes)."""
     q = block_m * head_dim * dtype_bytes
     kv = stages * block_n * (head_dim + (head_dim if head_dim_v is None else head_dim_v)) * dtype_bytes
-    barriers = _round_up((2 + 4 * stages) * BARRIER_BYTES + WORK_SLOT_BYTES, 128)
+    barriers = _round_up((3 + 4 * stages) * BARRIER_BYTES + WORK_SLOT_BYTES, 128)
     return q + kv + barriers + TILE_ALIGNMENT
 
 
@@ -147,17 +147,52 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
             table = TILES
         block_m, block_n = table[pair]
         source = f"head_dim={desc.head_dim}: the sm90a tile"
+        if desc.paged is not None:
+            block_n = paged_block_n(block_n, desc.paged.page_size)
     tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
     if named:
         try:
             check_tiles(desc.direction, tiles)
             check_variant(tiles, STAGES, rung)
+            if desc.paged is not None:
+                check_paged_tile(tiles.block_n, desc.paged.page_size)
         except ValueError as exc:
             raise ValueError(f"{TILES_VARIABLE}={os.environ[TILES_VARIABLE]!r}: {exc}") from None
     needed = shared_memory_bytes(desc.head_dim, tiles.block_m, tiles.block_n, STAGES, head_dim_v=desc.head_dim_v)
     if needed > smem_limit(arch):
         raise ValueError(f"{source} needs {needed} bytes of shared memory, sm_{arch} allows {smem_limit(arch)}")
     return tiles
+
+
+# Paged KV: TMA brings a page in boxes of min(page_size, block_n) rows, so a key tile must hold whole
+# pages or lie within one (block_n a multiple or a divisor of the page size), and a box whole 8-row
+# swizzle atoms (kernels/sm90a/fwd_mainloop.cuh load_kv_tile).
+PAGE_ROW_MULTIPLE = 8
+
+
+def paged_block_n(block_n: int, page_size: int) -> int:
+    """The largest key tile of at most `block_n` keys (in BLOCK_N_STEP steps) that pages of
+    `page_size` keys fill exactly; ValueError (a planner reason) when there is none."""
+    if page_size % PAGE_ROW_MULTIPLE:
+        raise ValueError(f"paged.page_size={page_size}: the sm90a forward loads pages by TMA in whole 8-row "
+                         f"swizzle atoms: a multiple of {PAGE_ROW_MULTIPLE}")
+    for n in range(block_n, BLOCK_N_MIN - 1, -BLOCK_N_STEP):
+        if n % page_size == 0 or page_size % n == 0:
+            return n
+    raise ValueError(f"paged.page_size={page_size}: no sm90a key tile of {BLOCK_N_MIN}..{block_n} keys in steps of "
+                     f"{BLOCK_N_STEP} is a multiple or a divisor of it")
+
+
+def check_problem_tiles(desc: AttentionDescriptor, tiles: TileConfig) -> None:
+    """ValueError for a pinned tile `desc` cannot use: a key tile its KV pages do not fill."""
+    if desc.paged is not None:
+        check_paged_tile(tiles.block_n, desc.paged.page_size)
+
+
+def check_paged_tile(block_n: int, page_size: int) -> None:
+    if page_size % PAGE_ROW_MULTIPLE or (block_n % page_size and page_size % block_n):
+        raise ValueError(f"sm90a tile block_n={block_n} with paged.page_size={page_size}: the key tile must be a "
+                         f"multiple or a divisor of the page size, and the page size a multiple of {PAGE_ROW_MULTIPLE}")
 
 
 def choose_stages(desc: AttentionDescriptor, arch: int, tiles: TileConfig) -> int:
