@@ -182,7 +182,7 @@ def test_chosen_tiles_fit_and_follow_the_rung_and_features():
     # two consumers where three cannot be: the ping-pong turns, and a softcap's registers at d=64
     assert [chosen(d, "pingpong") for d in (64, 128, 256)] == [(128, 160), (128, 176), (128, 80)]
     assert chosen(64, softcap=30.0) == (128, 160) and chosen(128, softcap=30.0) == (128, 176)
-    assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 128), (128, 64)]
+    assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 176), (128, 64)]
     assert tiles.shared_memory_bytes(256, 128, 96, 2) > 227 * 1024            # why d=256 stops at 80 keys
     for consumers in tiles.REGISTERS:
         for rung in set(sm90a.RUNGS) - {"wgmma"}:           # rung wgmma has no setmaxnreg
@@ -334,11 +334,16 @@ def compile_matrix() -> dict:
     for head_dim in (128, 256):
         descs.append((f"varlen-everything-d{head_dim}", _desc(layout="thd", head_dim=head_dim, **FEATURES["everything"]),
                       sm90a.RUNG))
+    for rung in sm90a.RUNGS[1:]:                 # paged KV (TMA rungs only): boxes of a page, V's tail zeroed
+        descs.append((f"paged64-d128-causal-{rung}", _desc(paged=PagedKV(64, 8), causal=True), rung))
+        descs.append((f"paged256-varlen-d64-{rung}", _desc(layout="thd", paged=PagedKV(256, 2), head_dim=64), rung))
+    descs.append(("paged16-everything-d256", _desc(paged=PagedKV(16, 32), head_dim=256, **FEATURES["everything"]),
+                  sm90a.RUNG))
     keys = {}
     for label, desc, rung in descs:          # one compile per distinct kernel
         # the rung the problem gets when `rung` is the default (choose_rung gives "tma" where the
         # rung's kernel would spill)
-        chosen = "tma" if sm90a.spills(desc, rung) else rung
+        chosen = sm90a.fallback_rung(desc, rung)
         key = NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90, {"rung": chosen})
         keys.setdefault(key.name, (label, desc, key))
     return keys
@@ -410,7 +415,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
     # The output: TMA stores of the staged tile, or (the persistent grid, varlen) 4-byte stores from the
     # registers: two per n8 column block per row pair of each thread, and no staging barrier.
-    direct = key.rung == "persistent" or key.varlen
+    direct = key.rung == "persistent" or key.varlen      # (paged alone keeps the staged TMA stores)
     stores = 0 if direct else v_panels
     staging = 0 if direct else 1
     if direct:
@@ -432,7 +437,12 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 1 + staging + turns       # __syncthreads, the staging barrier
     # Q, K, V: one box per 64-column panel (varlen: V twice, to v_full or, for a tile past the sequence's
     # end, to v_landed)
-    expected = {"UTMALDG.4D": 2 * panels + v_panels * (2 if key.varlen else 1),
+    if key.paged:
+        # Q by one box per panel; K and V box by box, each V site (to v_full, or to v_landed for a tile past
+        # the sequence's end) in its own loop of boxes over the pages (unrolled as ptxas likes)
+        assert ops.get("UTMALDG.4D", 0) >= panels + panels + 2 * v_panels
+        ops = {**ops, "UTMALDG.4D": 2 * panels + 2 * v_panels}
+    expected = {"UTMALDG.4D": 2 * panels + v_panels * (2 if key.varlen or key.paged else 1),
                 "UTMASTG.4D": stores, "UTMACCTL.PF": 4,
                 "USETMAXREG.DEALLOC.CTAPOOL": 1, "USETMAXREG.TRY_ALLOC.CTAPOOL": 1}
     assert {op: ops.get(op, 0) for op in expected} == expected
@@ -440,7 +450,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
     assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung == "persistent" else 0)
     # mbarrier.init: Q's two, the ring's (and varlen's v_landed)
-    assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages + (1 if key.varlen else 0)
+    assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages + (1 if key.varlen or key.paged else 0)
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty
     # Registers: the consumer code stays inside its setmaxnreg budget and the producer's code inside its own.
     producer_budget, consumer_budget = tiles.register_budgets(key.tiles.block_m, key.rung)
@@ -781,7 +791,7 @@ def test_the_shipped_record_decides_the_default_verdict(monkeypatch):
 DECLINED = {
     "backward": (dict(direction="backward"), "no backward pass"),
     "dropout": (dict(dropout_p=0.1), "dropout not supported"),
-    "paged": (dict(paged=PagedKV(64, 16)), "paged KV not supported"),
+    "paged_page_12": (dict(paged=PagedKV(12, 32), seqlen_kv=384), "paged.page_size=12: the sm90a forward loads pages by TMA"),
     "bias": (dict(bias=True), "additive bias not supported"),
     "fp8": (dict(dtype="e4m3"), "dtype 'e4m3' not supported"),
     "bhsd": (dict(layout="bhsd"), "layout 'bhsd' not supported"),
@@ -789,6 +799,25 @@ DECLINED = {
     "head_dim_v": (dict(head_dim_v=64), "head_dim_v=64 with head_dim=128: the sm90a forward takes head_dim_v == head_dim"),
     "f32": (dict(dtype="f32"), "dtype 'f32' not supported"),
 }
+
+
+def test_paged_kv_takes_a_key_tile_its_pages_fill_and_no_cp_async_rung(monkeypatch):
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    monkeypatch.delenv(tiles.TILES_VARIABLE, raising=False)
+    for page_size, block_n in ((8, 176), (16, 176), (32, 160), (64, 128), (128, 128), (256, 128), (48, 144), (1024, 128)):
+        desc = GATED.replace(paged=PagedKV(page_size, 4096 // page_size + 1), seqlen_kv=4096)
+        assert tiles.choose_tiles(desc, 90, "overlap").block_n == block_n, page_size
+        assert block_n % page_size == 0 or page_size % block_n == 0
+    assert tiles.paged_block_n(80, 32) == 64 and tiles.paged_block_n(80, 16) == 80
+    with pytest.raises(ValueError, match="no sm90a key tile of 64..80 keys"):
+        tiles.paged_block_n(80, 96 + 8)
+    desc = GATED.replace(paged=PagedKV(64, 16), seqlen_kv=1000)
+    with pytest.raises(ValueError, match="block_n=176 with paged.page_size=64"):
+        NvrtcBackend(sm90a.GENERATION).dispatch_key(desc, SM90, {"block_m": 128, "block_n": 176, "num_warps": 12})
+    monkeypatch.setenv(sm90a.RUNG_VARIABLE, "wgmma")
+    verdict = explain(desc, "sm_90", prefer=NAME).of(NAME)
+    assert not verdict.accepted
+    assert any("rung 'wgmma' copies K and V by cp.async without page tables" in r for r in verdict.reasons)
 
 
 @pytest.mark.parametrize("case", list(DECLINED))

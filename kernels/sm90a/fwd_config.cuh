@@ -30,8 +30,8 @@
 #error "one rung at a time: RUNG_WGMMA, RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
 #endif
 
-#if IS_PAGED || HAS_DROPOUT
-#error "the sm90a forward has no paged KV or dropout (backends/nvrtc/sm90a declines them)"
+#if HAS_DROPOUT
+#error "the sm90a forward has no dropout (backends/nvrtc/sm90a declines it)"
 #endif
 
 namespace attn {
@@ -77,10 +77,12 @@ constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
 // on into the next sequence, which a TMA store of whole boxes would overwrite.
 constexpr bool kDirectOutput = kPersistentGrid || IS_VARLEN;
 // Varlen: TMA fills only past the tensor's end, so the rows of a key tile past its sequence's end hold
-// the next sequence's keys.  The mask hides them in S, but in O += P V a P of 0 times an Inf or NaN
-// there would still be NaN: the producer zeroes those rows of V before the consumers read it
-// (fwd_mainloop.cuh load_tiles), with its whole warp (kProducerLanes; one thread issues the loads).
-constexpr bool kZeroVTail = IS_VARLEN;
+// the next sequence's keys; paged KV: the last page's unused rows (whatever the cache holds there), or
+// nothing loaded at all (boxes past the sequence are not issued).  The mask hides them in S, but in
+// O += P V a P of 0 times an Inf or NaN there would still be NaN: the producer zeroes those rows of V
+// before the consumers read it (fwd_mainloop.cuh load_tiles), with its whole warp (kProducerLanes;
+// one thread issues the loads).
+constexpr bool kZeroVTail = IS_VARLEN || IS_PAGED;
 constexpr int kProducerLanes = kZeroVTail ? 32 : 1;
 
 // Register budgets after setmaxnreg (one CTA per SM): the producer keeps what a loop of TMA issues
@@ -117,6 +119,7 @@ static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 
 static_assert(kRung != Rung::kPingPong || kConsumers == 2, "the ping-pong turns are between two consumers");
 static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup (but in rung wgmma) and the consumers'");
 static_assert(kRung != Rung::kWgmma || kStages == 2, "rung wgmma double-buffers K and V: KV_STAGES 2");
+static_assert(kRung != Rung::kWgmma || !IS_PAGED, "rung wgmma copies K and V by cp.async without page tables");
 static_assert(kStages >= 1 && kStages <= 4, "KV_STAGES: 1 to 4");
 static_assert(!kHasProducer || kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
                                      kLaunchRegisters * kThreads,

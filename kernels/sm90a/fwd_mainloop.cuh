@@ -98,6 +98,31 @@ __device__ __forceinline__ void wait_q_free(const SharedTiles& smem, int round) 
   mbarrier_wait_parity(smem.barrier(Layout::q_empty()), producer_wait_parity(q_state(round)));
 }
 
+#if IS_PAGED
+// Paged KV: key tile key0's rows from sequence b's pages (`pages`: its block-table row), the map's
+// coordinates (column, row in the page, kv head, page).  One box is min(page_size, kBlockN) rows --
+// the tile lies within one page, or holds whole pages (backends/nvrtc/sm90a/tiles.py paged_block_n)
+// -- and the page size a multiple of 8, so every box starts on a swizzle atom.  Boxes wholly past
+// the sequence's `valid` rows are not issued (their pages need not exist); the transaction count is
+// the issued boxes' bytes.
+template <int Panels>
+__device__ __forceinline__ void load_paged_tile(unsigned char* dst, const TmaDescriptor* map, unsigned long long* full,
+                                                const int* pages, int page_size, int key0, int valid, int hkv) {
+  const int box_rows = imin(page_size, kBlockN);
+  const int boxes = (imin(valid, kBlockN) + box_rows - 1) / box_rows;
+  mbarrier_arrive_expect_tx(full, static_cast<unsigned>(boxes * box_rows) * kPanelRowBytes * Panels);
+#pragma unroll 1
+  for (int j = 0; j < boxes; ++j) {  // not unrolled: the producer's registers are few
+    const int key = key0 + j * box_rows;
+    const int page = pages[key / page_size];
+#pragma unroll
+    for (int panel = 0; panel < Panels; ++panel)
+      tma_load_4d(dst + Layout::panel(kBlockN, panel) + j * box_rows * kPanelRowBytes, map, full,
+                  Layout::panel_column(panel), key % page_size, hkv, page);
+  }
+}
+#endif
+
 // Rows `valid` .. kBlockN - 1 of the V tile at `tile` set to zero by the producer warp's 32 lanes: whole
 // 128-byte rows of every panel (the swizzle permutes chunks within a row only, so they are contiguous).
 __device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int valid, int lane) {
@@ -108,6 +133,11 @@ __device__ __forceinline__ void zero_tile_rows(unsigned char* tile, int valid, i
       rows[i] = make_uint4(0u, 0u, 0u, 0u);
   }
 }
+
+template <int N>
+struct IntConstant {
+  static constexpr int value = N;
+};
 
 // The producer's state across the CTA's work tiles: `lane` of the producer warp (kProducerLanes of it
 // run the producer; lane 0 issues every load and arrive) and how many V tiles have gone through
@@ -131,24 +161,39 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles
   if (producer.leader())
     load_tile<kBlockM>(smem.bytes(Layout::kQ), q_map, smem.barrier(Layout::q_full()), Layout::kQBytes,
                        seq.q_start + w.m0, w.h, batch);
+#if IS_PAGED
+  const int* pages = static_cast<const int*>(p.block_table) + w.b * p.block_table_batch_stride;
+  const int page_size = static_cast<int>(p.page_size);
+  // K or V of key tile key0 (valid rows: the rest of the sequence) onto `full`
+  const auto load_kv = [&](auto panels, unsigned char* dst, const TmaDescriptor* map, unsigned long long* full,
+                           unsigned, int key0, int valid, int) {
+    load_paged_tile<decltype(panels)::value>(dst, map, full, pages, page_size, key0, valid, w.hkv);
+  };
+#else
+  const auto load_kv = [&](auto panels, unsigned char* dst, const TmaDescriptor* map, unsigned long long* full,
+                           unsigned bytes, int, int, int row0) {
+    load_tile<kBlockN, decltype(panels)::value>(dst, map, full, bytes, row0, w.hkv, batch);
+  };
+#endif
+  using KPanels = IntConstant<Layout::kPanels>;
+  using VPanels = IntConstant<Layout::kVPanels>;
   const int num_tiles = w.tiles.count();
   for (int k = 0; k < num_tiles; ++k) {
     const PipelineState st = pipeline_state(w.ring + k, kStages);
     const int key0 = w.tiles.tile(k) * kBlockN;
     const int row0 = seq.kv_start + key0;
+    const int valid = seq.seqlen_kv - key0;
     mbarrier_wait_parity(smem.barrier(Layout::k_empty(st.stage)), producer_wait_parity(st));
     if (producer.leader())
-      load_tile<kBlockN>(smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
-                         Layout::kKTileBytes, row0, w.hkv, batch);
+      load_kv(KPanels{}, smem.bytes(Layout::k_tile(st.stage)), k_map, smem.barrier(Layout::k_full(st.stage)),
+              Layout::kKTileBytes, key0, valid, row0);
     mbarrier_wait_parity(smem.barrier(Layout::v_empty(st.stage)), producer_wait_parity(st));
     unsigned char* v_tile = smem.bytes(Layout::v_tile(st.stage));
-    const int valid = seq.seqlen_kv - key0;
     if (kZeroVTail && valid < kBlockN) {
       // The tile lands on v_landed; its rows past the sequence are zeroed (and the zeros made visible to
       // wgmma, the async proxy) before v_full completes with the leader's plain arrive.
       unsigned long long* landed = smem.barrier(Layout::v_landed());
-      if (producer.leader())
-        load_tile<kBlockN, Layout::kVPanels>(v_tile, v_map, landed, Layout::kVTileBytes, row0, w.hkv, batch);
+      if (producer.leader()) load_kv(VPanels{}, v_tile, v_map, landed, Layout::kVTileBytes, key0, valid, row0);
       mbarrier_wait_parity(landed, static_cast<unsigned>(producer.landed & 1));
       ++producer.landed;
       zero_tile_rows(v_tile, valid, producer.lane);
@@ -156,8 +201,7 @@ __device__ __forceinline__ void load_tiles(const FwdParams& p, const SharedTiles
       __syncwarp();
       if (producer.leader()) mbarrier_arrive(smem.barrier(Layout::v_full(st.stage)));
     } else if (producer.leader()) {
-      load_tile<kBlockN, Layout::kVPanels>(v_tile, v_map, smem.barrier(Layout::v_full(st.stage)), Layout::kVTileBytes,
-                                           row0, w.hkv, batch);
+      load_kv(VPanels{}, v_tile, v_map, smem.barrier(Layout::v_full(st.stage)), Layout::kVTileBytes, key0, valid, row0);
     }
   }
 }

@@ -3,13 +3,14 @@ most (tests/gpu/test_sm90a_gpu.py runs them, tests/gpu/sm90a_ladder.sh stops at 
 failure).  Each case is (name, descriptor, input variant): "dense" arrays from random_inputs, or
 "strided" q / k / v that are views of wider arrays (every other head), addressed by their strides, or
 (varlen) "nan_neighbour": the last sequence has no query rows and NaN keys and values, which every
-other sequence's last key tile runs into (TMA fills only past the tensor's end): they must not leak.""
+other sequence's last key tile runs into (TMA fills only past the tensor's end): they must not leak,
+or (paged) "nan_pages": every cache row no sequence holds is NaN (a page's rows past its sequence's end)."""
 
 from __future__ import annotations
 
 import itertools
 
-from attnplan import AttentionDescriptor
+from attnplan import AttentionDescriptor, PagedKV
 
 from cases import FEATURES as SHARED_FEATURES, _desc  # tests/gpu is on sys.path (conftest, the ladder)
 
@@ -94,6 +95,24 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
         ("varlen-many-tiles", _desc(layout="thd", batch=6, seqlen_q=1023, seqlen_kv=1100, heads_q=8, heads_kv=2,
                                     causal=True), "dense"),
     ]
+    # paged KV (the TMA rungs): pages smaller than, equal to and larger than the key tile; gated like
+    # varlen; last of all
+    cases += [
+        ("paged16-causal", _desc(batch=3, seqlen_q=64, seqlen_kv=300, paged=PagedKV(16, 19), causal=True), "dense"),
+        ("paged64-decode-gqa4", _desc(batch=4, seqlen_q=1, seqlen_kv=1000, paged=PagedKV(64, 16), heads_q=8,
+                                      heads_kv=2), "dense"),
+        ("paged128-d64", _desc(batch=3, seqlen_q=200, seqlen_kv=700, paged=PagedKV(128, 6), head_dim=64,
+                               causal=True), "dense"),
+        ("paged256-d256", _desc(batch=2, seqlen_q=130, seqlen_kv=600, paged=PagedKV(256, 3), head_dim=256), "dense"),
+        ("paged32-d192x128", _desc(batch=2, seqlen_q=100, seqlen_kv=333, paged=PagedKV(32, 11), head_dim=192,
+                                   head_dim_v=128, causal=True), "dense"),
+        ("paged-varlen-chunked-prefill", _desc(layout="thd", batch=3, seqlen_q=100, seqlen_kv=700,
+                                               paged=PagedKV(32, 22), causal=True, head_dim=64), "dense"),
+        ("paged-everything", _desc(**{**FEATURE_BASE, "paged": PagedKV(64, 9), **FEATURES["everything"]}), "dense"),
+        ("paged16-nan-pages", _desc(batch=3, seqlen_q=70, seqlen_kv=300, paged=PagedKV(16, 19), causal=True),
+         "nan_pages"),
+        ("paged256-nan-pages", _desc(batch=3, seqlen_q=70, seqlen_kv=300, paged=PagedKV(256, 2)), "nan_pages"),
+    ]
     return cases
 
 
@@ -105,6 +124,8 @@ def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
                                                    causal=True, window=(90, 0), sink_tokens=2, alibi=True)),
             ("memcheck-varlen-d128-gqa4", _desc(layout="thd", batch=4, seqlen_q=150, seqlen_kv=230, heads_q=4,
                                                 heads_kv=1, causal=True)),
+            ("memcheck-paged16-gqa2", _desc(batch=3, seqlen_q=40, seqlen_kv=150, paged=PagedKV(16, 10), heads_q=4,
+                                            heads_kv=2, causal=True)),
             ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,
                                                **{k: v for k, v in FEATURES["everything"].items()
                                                   if k not in ("heads_q", "heads_kv")}))]

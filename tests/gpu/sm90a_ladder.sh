@@ -57,13 +57,14 @@ for rung in $RUNGS; do
   if [ $warm -ne 0 ]; then grep -i -m 20 "failed\|error" "$OUT/warm.tmp" | tee -a "$LOG"; fi
 
   # A hung kernel (a barrier that never completes) ends its case after CASE_TIMEOUT, not the whole budget.
-  before=$(grep -c '"passed": true' "$OUT/cases.jsonl")
+  before=$(grep -c '"passed": true' "$OUT/cases.jsonl"); skipped_before=$(grep -c '"skipped"' "$OUT/cases.jsonl")
   SM90A_RESULTS="$OUT/cases.jsonl" timeout "${LADDER_TIMEOUT:-110}" python3 -m pytest -x -q -p no:cacheprovider \
     --tb=short -rA $per_case tests/gpu/test_sm90a_gpu.py > "$OUT/pytest.tmp" 2>&1
   ladder=$?
   cat "$OUT/pytest.tmp" >> "$OUT/pytest.log"
   passed=$(( $(grep -c '"passed": true' "$OUT/cases.jsonl") - before ))
-  say "[$rung] ladder rc=$ladder: $passed of $total cases passed: $(elapsed)"
+  skipped=$(( $(grep -c '"skipped"' "$OUT/cases.jsonl") - skipped_before ))
+  say "[$rung] ladder rc=$ladder: $passed of $total cases passed, $skipped declined by the rung: $(elapsed)"
   if [ $ladder -ne 0 ]; then
     say "[$rung] first failing case:"
     grep -m 1 '"passed": false' "$OUT/cases.jsonl" 2>/dev/null | tee -a "$LOG"
@@ -88,12 +89,15 @@ rm -f "$OUT"/*.tmp
 [ $failed -eq 0 ] || exit 1
 
 if [ "${SKIP_TIMING:-0}" = 1 ]; then say "timing skipped (SKIP_TIMING=1)"; exit 0; fi
+sweep=0
+if [ "${SKIP_SWEEP:-0}" = 1 ]; then say "rung sweep skipped (SKIP_SWEEP=1)"; else
 timeout "${SWEEP_TIMEOUT:-150}" python3 bench/tile_sweep.py --generation sm90a --head-dims "${SWEEP_HEAD_DIMS:-64,128,256}" \
   --seqlens "${SWEEP_SEQLENS:-4096}" --with "${SWEEP_WITH:-}" --vary "${SWEEP_VARY:-rungs}" --causal "${SWEEP_CAUSAL:-both}" \
   --repeats 10 --output "$OUT/rungs.json" > "$OUT/rungs.log" 2>&1
 sweep=$?
 say "rung sweep rc=$sweep: $(elapsed)"
 grep "TFLOP/s\|WRONG\|failed" "$OUT/rungs.log" | tee -a "$LOG"
+fi
 
 unset ATTNPLAN_SM90A_RUNG
 if [ "${SKIP_BENCH:-0}" = 1 ]; then say "bench skipped (SKIP_BENCH=1)"; [ $sweep -eq 0 ]; exit; fi

@@ -7,6 +7,7 @@ outputs must come back without NaN (every element written)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,11 @@ def main() -> int:
     import cupy
     device = default_device()
     failures = 0
+    rung = os.environ.get("ATTNPLAN_SM90A_RUNG", "")
     for name, desc in memcheck_cases():
+        if desc.paged is not None and rung == "wgmma":
+            print(f"{name}: skipped (rung wgmma declines paged KV)", flush=True)
+            continue
         args = random_inputs(desc, device, seed=1)
         plan = Plan.select(desc, device, prefer="nvrtc.sm90a", restrict=True)
         out, lse = poisoned_outputs(desc, args)

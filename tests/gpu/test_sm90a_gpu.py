@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from attnplan import Plan
+from attnplan import Plan, explain
 from attnplan.accuracy import max_abs_error, within_tolerance
 from attnplan.device import default_device
 from attnplan.interop import Tensor
@@ -67,12 +67,32 @@ def _nan_neighbour(args: dict) -> dict:
     return args
 
 
+def _nan_pages(args: dict) -> dict:
+    """Paged inputs whose cache rows outside every sequence (the last page's rows past the sequence's
+    end, and pages no sequence reaches) are NaN: the kernel's last key tile of each sequence reads
+    some of them, and its output must not see them."""
+    import cupy
+    import numpy as np
+    table, lengths = (cupy.asnumpy(cupy.asarray(args[name])) for name in ("block_table", "seqlens_kv"))
+    for name in ("k", "v"):
+        raw = args[name].data if isinstance(args[name], Tensor) else args[name]
+        page_size = raw.shape[1]
+        held = np.zeros(raw.shape[:2], dtype=bool)
+        for b, n in enumerate(lengths):
+            keys = np.arange(int(n))
+            held[table[b, keys // page_size], keys % page_size] = True
+        raw.view(cupy.uint16)[cupy.asarray(~held)] = 0x7FFF        # NaN in f16 and bf16
+    return args
+
+
 def inputs(desc, device, variant: str) -> dict:
     args = random_inputs(desc, device, seed=seed_for(desc))
     if variant == "strided":
         args.update({name: _every_other_head(args[name]) for name in ("q", "k", "v")})
     if variant == "nan_neighbour":
         args = _nan_neighbour(args)
+    if variant == "nan_pages":
+        args = _nan_pages(args)
     return args
 
 
@@ -96,6 +116,11 @@ def check(desc, device, variant: str) -> dict:
 @pytest.mark.parametrize("name, desc, variant", CASES, ids=[name for name, _, _ in CASES])
 def test_sm90a_forward_matches_reference(hopper, name, desc, variant):
     entry = {"case": name, "variant": variant, "descriptor": repr(desc)}
+    verdict = explain(desc, hopper, prefer=BACKEND).of(BACKEND)
+    declined = [r for r in verdict.reasons if "rung 'wgmma' copies K and V by cp.async" in r]
+    if declined:                         # the one decline the ladder expects (paged KV under rung wgmma)
+        _record({**entry, "skipped": declined[0]})
+        pytest.skip(declined[0])
     try:
         errors = check(desc, hopper, variant)
     except Exception as exc:

@@ -42,25 +42,36 @@ RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
 # Where an overlapped rung needs more registers than the consumers' setmaxnreg budget (S_k, P_(k-1)
 # and O live at once) and ptxas spills (tests/test_sm90a_forward.py asserts no local memory): an
 # output of 192 or 256 columns (O is head_dim_v / 2 floats per thread) with ALiBi, or in the
-# persistent grid.  Those problems get rung "tma" unless $ATTNPLAN_SM90A_RUNG or a pinned config
-# names the rung (which then runs, spilling).
+# persistent grid; and the persistent grid's producer with paged KV (the work queue and the page
+# table's walk do not fit its 40 registers).  Those problems get the next rung down that does not
+# spill ("overlap", else "tma") unless $ATTNPLAN_SM90A_RUNG or a pinned config names the rung (which
+# then runs, spilling).
 WIDE_OUTPUT = 192
 
 
 def spills(desc, rung: str) -> bool:
+    if rung == "persistent" and desc.paged is not None:
+        return True
     return rung not in ("tma", "wgmma") and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or rung == "persistent")
+
+
+def fallback_rung(desc, rung: str) -> str:
+    """`rung`, or where its kernel would spill the next rung down that does not."""
+    if not spills(desc, rung):
+        return rung
+    return "overlap" if rung == "persistent" and not spills(desc, "overlap") else "tma"
 
 
 def choose_rung(desc, arch: int) -> str:
     """The rung a problem gets: the one $ATTNPLAN_SM90A_RUNG names (an A/B or a bisection) or RUNG,
-    except that a problem whose overlapped kernel would spill gets "tma" unless it is named."""
+    except that a problem whose kernel would spill gets the next rung down (fallback_rung) unless it is named."""
     named = os.environ.get(RUNG_VARIABLE, "").strip()
     if named and named not in RUNGS:
         raise ValueError(f"{RUNG_VARIABLE}={named!r}: the sm90a rungs are {', '.join(RUNGS)}")
     if named:
         return named
     rung = "pingpong" if desc.causal and desc.head_dim in CAUSAL_PINGPONG_HEAD_DIMS else RUNG
-    return "tma" if spills(desc, rung) else rung
+    return fallback_rung(desc, rung)
 
 
 def _forward_shared_memory(key: DispatchKey) -> int:
@@ -74,7 +85,7 @@ GENERATION = Generation(
         devices=frozenset({"cuda"}), min_arch=90, max_arch=90, dtypes=frozenset({"f16", "bf16"}),
         backward_dtypes=frozenset(), layouts=frozenset({"bshd", "thd"}), head_dims=frozenset(tiles.HEAD_DIMS),
         head_dim_v_differs=True, directions=frozenset({"forward"}), dropout=False, dropout_in_backward=False,
-        varlen=True, paged=False, paged_backward=False, bias=False, deterministic_backward=False,
+        varlen=True, paged=True, paged_backward=False, bias=False, deterministic_backward=False,
     ),
     choose_tiles=tiles.choose_tiles,
     forward=Module(entry_file="sm90a/fwd.cu", params=FORWARD_PARAMS, entry_points=forward_entry_points,

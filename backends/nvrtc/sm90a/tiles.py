@@ -55,9 +55,10 @@ TILES = {(64, 64): (192, 128), (128, 128): (128, 176), (256, 256): (128, 80),
 # With two consumers (rung "pingpong" takes turns between two; a softcap's tanh needs more registers
 # than three consumers' 160 leave at d=64): 128 x 160 at d=64, the best two-consumer tile there.
 TWO_CONSUMER_TILES = {**TILES, (64, 64): (128, 160)}
-# Rung "persistent" keeps more state live across work tiles: the tiles it was verified with, which
-# do not spill (d=256 spills even so and gets rung "tma": __init__.py spills).
-PERSISTENT_TILES = {(64, 64): (128, 128), (128, 128): (128, 128), (256, 256): (128, 64), (192, 192): (128, 64),
+# Rung "persistent" keeps more state live across work tiles: tiles that do not spill there (d=256
+# with ALiBi spills even so and gets another rung: __init__.py spills).  d=128: 128 x 176 since the
+# output leaves from registers (+3-4% over 128 x 128 in bench/results/2026-12-02-h200-sm90a-tiles-persistent-direct.json).
+PERSISTENT_TILES = {(64, 64): (128, 128), (128, 128): (128, 176), (256, 256): (128, 64), (192, 192): (128, 64),
                     (192, 128): (128, 64)}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
 
@@ -134,6 +135,8 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
     if desc.head_dim_v != desc.head_dim and pair not in HEAD_DIM_V_PAIRS:
         raise ValueError(f"head_dim_v={desc.head_dim_v} with head_dim={desc.head_dim}: the sm90a forward takes "
                          f"head_dim_v == head_dim, or {' or '.join(f'{v} with {d}' for d, v in HEAD_DIM_V_PAIRS)}")
+    if desc.paged is not None and rung == "wgmma":
+        raise ValueError("rung 'wgmma' copies K and V by cp.async without page tables: paged KV needs a TMA rung")
     named = named_tiles(os.environ.get(TILES_VARIABLE, ""), desc.head_dim)
     if named:
         block_m, block_n = named
