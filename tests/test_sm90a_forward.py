@@ -183,6 +183,7 @@ def test_chosen_tiles_fit_and_follow_the_rung_and_features():
     assert [chosen(d, "pingpong") for d in (64, 128, 256)] == [(128, 160), (128, 176), (128, 80)]
     assert chosen(64, softcap=30.0) == (128, 160) and chosen(128, softcap=30.0) == (128, 176)
     assert [chosen(d, "persistent") for d in (64, 128, 256)] == [(128, 128), (128, 176), (128, 64)]
+    assert [chosen(d, "pingpong_persistent") for d in (64, 128, 256)] == [(128, 128), (128, 128), (128, 64)]
     assert tiles.shared_memory_bytes(256, 128, 96, 2) > 227 * 1024            # why d=256 stops at 80 keys
     for consumers in tiles.REGISTERS:
         for rung in set(sm90a.RUNGS) - {"wgmma"}:           # rung wgmma has no setmaxnreg
@@ -415,7 +416,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     registers = lambda lines: max((int(r) for line in lines for r in _REGISTER.findall(line)), default=0)
     # The output: TMA stores of the staged tile, or (the persistent grid, varlen) 4-byte stores from the
     # registers: two per n8 column block per row pair of each thread, and no staging barrier.
-    direct = key.rung == "persistent" or key.varlen      # (paged alone keeps the staged TMA stores)
+    direct = key.rung in tiles.PERSISTENT_RUNGS or key.varlen      # (paged alone keeps the staged TMA stores)
     stores = 0 if direct else v_panels
     staging = 0 if direct else 1
     if direct:
@@ -432,7 +433,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
         return
     # Ping-pong: three turns (tile 0, the loop, the last P V), each a sync on the consumer's own turn
     # barrier and a hand-over arrive, plus consumer 1's first hand-over; no other rung arrives.
-    turns = 3 if key.rung == "pingpong" else 0
+    turns = 3 if key.rung in tiles.PINGPONG_RUNGS else 0
     assert bars.get("BAR.ARV", 0) == (turns + 1 if turns else 0)
     assert bars.get("BAR.SYNC.DEFER_BLOCKING", 0) == 1 + staging + turns       # __syncthreads, the staging barrier
     # Q, K, V: one box per 64-column panel (varlen: V twice, to v_full or, for a tile past the sequence's
@@ -448,7 +449,7 @@ def test_kernel_sass_is_what_the_design_says(compiled, name):
     assert {op: ops.get(op, 0) for op in expected} == expected
     assert not ops.get("LDGSTS.E.BYPASS.128", 0)
     # the persistent grid draws its work indices from the counter (two draw sites, fwd.cu); no other rung
-    assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung == "persistent" else 0)
+    assert ops.get("ATOMG.E.ADD.STRONG.GPU", 0) == (2 if key.rung in tiles.PERSISTENT_RUNGS else 0)
     # mbarrier.init: Q's two, the ring's (and varlen's v_landed)
     assert ops.get("SYNCS.EXCH.64", 0) == 2 + 4 * key.stages + (1 if key.varlen or key.paged else 0)
     assert ops.get("SYNCS.PHASECHK.TRANS64.TRYWAIT", 0) >= 5                  # q, k, v full; k, v empty

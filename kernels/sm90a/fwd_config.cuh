@@ -26,8 +26,11 @@
 #ifndef RUNG_WGMMA
 #define RUNG_WGMMA 0
 #endif
-#if RUNG_WGMMA + RUNG_TMA + RUNG_OVERLAP + RUNG_PINGPONG + RUNG_PERSISTENT > 1
-#error "one rung at a time: RUNG_WGMMA, RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG or RUNG_PERSISTENT"
+#ifndef RUNG_PINGPONG_PERSISTENT
+#define RUNG_PINGPONG_PERSISTENT 0
+#endif
+#if RUNG_WGMMA + RUNG_TMA + RUNG_OVERLAP + RUNG_PINGPONG + RUNG_PERSISTENT + RUNG_PINGPONG_PERSISTENT > 1
+#error "one rung at a time: RUNG_WGMMA, RUNG_TMA, RUNG_OVERLAP, RUNG_PINGPONG, RUNG_PERSISTENT or RUNG_PINGPONG_PERSISTENT"
 #endif
 
 #if HAS_DROPOUT
@@ -62,14 +65,18 @@ constexpr int kRegisterFile = 65536;
 //   kOverlap  the softmax of key tile k overlaps S_k's successor GEMMs inside the warpgroup;
 //   kPingPong   kOverlap, and the two consumers take turns issuing GEMMs (named barriers);
 //   kPersistent kOverlap in a persistent grid: about one CTA per SM walks the work tiles
-//               (tile_scheduler.cuh), so that one tile's epilogue overlaps the next one's loads.
-enum class Rung { kWgmma, kTma, kOverlap, kPingPong, kPersistent };
+//               (tile_scheduler.cuh), so that one tile's epilogue overlaps the next one's loads;
+//   kPingPongPersistent  kPingPong in the persistent grid (FlashAttention-3's causal schedule): the
+//               turns are balanced within each work tile, so they carry over from tile to tile.
+enum class Rung { kWgmma, kTma, kOverlap, kPingPong, kPersistent, kPingPongPersistent };
 constexpr Rung kRung = RUNG_WGMMA ? Rung::kWgmma
+                       : RUNG_PINGPONG_PERSISTENT ? Rung::kPingPongPersistent
                        : RUNG_PERSISTENT ? Rung::kPersistent
                        : RUNG_PINGPONG ? Rung::kPingPong
                        : RUNG_OVERLAP  ? Rung::kOverlap
                                        : Rung::kTma;
-constexpr bool kPersistentGrid = kRung == Rung::kPersistent;
+constexpr bool kPersistentGrid = kRung == Rung::kPersistent || kRung == Rung::kPingPongPersistent;
+constexpr bool kTakesTurns = kRung == Rung::kPingPong || kRung == Rung::kPingPongPersistent;
 // How the output leaves (fwd_epilogue.cuh): staged in the consumer's rows of Q and written by TMA
 // stores, or stored straight from the accumulator registers.  Direct in the persistent grid, so that
 // Q's buffer is free for the next work tile's Q as soon as the last S = Q K^T has read it (the load
@@ -116,7 +123,7 @@ static_assert(kHeadDimV == kHeadDim || (kHeadDim == 192 && kHeadDimV == 128),
 static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 256, "BLOCK_N: a multiple of 16 in 64..256");
 static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 3),
               "BLOCK_M: two or three consumer warpgroups of 64 rows (the register budgets assume them)");
-static_assert(kRung != Rung::kPingPong || kConsumers == 2, "the ping-pong turns are between two consumers");
+static_assert(!kTakesTurns || kConsumers == 2, "the ping-pong turns are between two consumers");
 static_assert(NUM_WARPS * 32 == kThreads, "NUM_WARPS: the producer warpgroup (but in rung wgmma) and the consumers'");
 static_assert(kRung != Rung::kWgmma || kStages == 2, "rung wgmma double-buffers K and V: KV_STAGES 2");
 static_assert(kRung != Rung::kWgmma || !IS_PAGED, "rung wgmma copies K and V by cp.async without page tables");

@@ -432,7 +432,7 @@ __device__ __forceinline__ void consume_tiles_overlapped(const SharedTiles& smem
 __device__ __forceinline__ void consume_tiles(const SharedTiles& smem, const TileWork& w, int consumer, int thread,
                                               const ScoreRules& rules, float (&o)[kHeadDimV / 2],
                                               OnlineSoftmax<kAccumulatorMTiles>& softmax) {
-  if constexpr (kRung == Rung::kPingPong)
+  if constexpr (kTakesTurns)
     consume_tiles_overlapped<true>(smem, w, consumer, thread, rules, o, softmax);
   else if constexpr (kRung == Rung::kOverlap || kRung == Rung::kPersistent)
     consume_tiles_overlapped<false>(smem, w, consumer, thread, rules, o, softmax);

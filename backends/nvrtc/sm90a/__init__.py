@@ -29,7 +29,8 @@ VERIFICATION = Path(__file__).with_name("verified.json")
 # TMA ring) and two consumer warpgroups that wait for each GEMM; "overlap" adds the intra-warpgroup
 # overlap of the softmax with the GEMMs; "pingpong" adds the consumers' turns on named barriers;
 # "persistent" is "overlap" in a persistent grid (about one CTA per SM walking the work tiles).
-RUNGS = ("wgmma", "tma", "overlap", "pingpong", "persistent")
+# "pingpong_persistent" is "pingpong" in the persistent grid (FlashAttention-3's schedule for causal problems).
+RUNGS = ("wgmma", "tma", "overlap", "pingpong", "persistent", "pingpong_persistent")
 # What a problem gets unless $ATTNPLAN_SM90A_RUNG names another: the fastest in the H200 sweeps on
 # the measured tiles (bench/results/2026-12-02-h200-sm90a-*.json, docs/fa3-notes.md): "overlap",
 # except that causal problems at d=128 and d=256 get "pingpong" (their short rows gain 2-6% from the
@@ -50,16 +51,18 @@ WIDE_OUTPUT = 192
 
 
 def spills(desc, rung: str) -> bool:
-    if rung == "persistent" and desc.paged is not None:
+    persistent = rung in tiles.PERSISTENT_RUNGS
+    if persistent and desc.paged is not None:
         return True
-    return rung not in ("tma", "wgmma") and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or rung == "persistent")
+    return rung not in ("tma", "wgmma") and desc.head_dim_v >= WIDE_OUTPUT and (desc.alibi or persistent)
 
 
 def fallback_rung(desc, rung: str) -> str:
     """`rung`, or where its kernel would spill the next rung down that does not."""
     if not spills(desc, rung):
         return rung
-    return "overlap" if rung == "persistent" and not spills(desc, "overlap") else "tma"
+    below = {"persistent": "overlap", "pingpong_persistent": "pingpong"}.get(rung)
+    return below if below is not None and not spills(desc, below) else "tma"
 
 
 def choose_rung(desc, arch: int) -> str:

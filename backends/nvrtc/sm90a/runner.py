@@ -100,7 +100,7 @@ class ForwardRunner:
                  struct: params.StructLayout):
         self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
         self.shared = shared["shared_memory_bytes"]
-        persistent = _sm_count(device) if key.rung == "persistent" else 0
+        persistent = _sm_count(device) if key.rung in tiles.PERSISTENT_RUNGS else 0
         self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m, persistent)
         self.threads = key.tiles.num_warps * 32
         self.driver = None                   # None: cuda.bindings (tests put a fake here)

@@ -32,6 +32,8 @@ CONSUMER_ROWS = 64                  # query rows per consumer warpgroup: one m64
 REGISTERS = {2: (24, 240), 3: (24, 160)}
 PERSISTENT_REGISTERS = {2: (40, 232), 3: (32, 160)}
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
+PERSISTENT_RUNGS = ("persistent", "pingpong_persistent")    # the rungs of a persistent grid
+PINGPONG_RUNGS = ("pingpong", "pingpong_persistent")        # the rungs whose two consumers take turns
 HEAD_DIMS = (64, 128, 192, 256)
 # (head_dim, head_dim_v) pairs with V narrower than Q and K: DeepSeek's 192 / 128.
 HEAD_DIM_V_PAIRS = ((192, 128),)
@@ -60,6 +62,8 @@ TWO_CONSUMER_TILES = {**TILES, (64, 64): (128, 160)}
 # output leaves from registers (+3-4% over 128 x 128 in bench/results/2026-12-02-h200-sm90a-tiles-persistent-direct.json).
 PERSISTENT_TILES = {(64, 64): (128, 128), (128, 128): (128, 176), (256, 256): (128, 64), (192, 192): (128, 64),
                     (192, 128): (128, 64)}
+# Rung "pingpong_persistent": the turns keep a little more live, so 128 x 176 spills a register at d=128.
+PINGPONG_PERSISTENT_TILES = {**PERSISTENT_TILES, (128, 128): (128, 128)}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
 
 
@@ -72,7 +76,7 @@ def register_budgets(block_m: int, rung: str) -> tuple[int, int]:
     "wgmma" has no producer and no setmaxnreg: (0, its launch count))."""
     if rung == "wgmma":
         return 0, launch_registers(block_m, rung)
-    return (PERSISTENT_REGISTERS if rung == "persistent" else REGISTERS)[consumers(block_m)]
+    return (PERSISTENT_REGISTERS if rung in PERSISTENT_RUNGS else REGISTERS)[consumers(block_m)]
 
 
 def num_warps(block_m: int, rung: str = "") -> int:
@@ -142,7 +146,9 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
         block_m, block_n = named
         source = f"{TILES_VARIABLE}: the d={desc.head_dim} tile {block_m}x{block_n}"
     else:
-        if rung == "persistent":
+        if rung == "pingpong_persistent":
+            table = PINGPONG_PERSISTENT_TILES
+        elif rung == "persistent":
             table = PERSISTENT_TILES
         elif rung == "pingpong" or desc.softcap:
             table = TWO_CONSUMER_TILES
@@ -225,8 +231,8 @@ def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
                          f"needs {num_warps(tiles.block_m, rung)}")
     if rung == "wgmma" and stages != 2:
         raise ValueError(f"sm90a rung 'wgmma' double-buffers K and V: stages must be 2, not {stages}")
-    if rung == "pingpong" and consumers(tiles.block_m) != 2:
-        raise ValueError(f"sm90a rung 'pingpong' takes turns between two consumers: block_m must be "
+    if rung in PINGPONG_RUNGS and consumers(tiles.block_m) != 2:
+        raise ValueError(f"sm90a rung {rung!r} takes turns between two consumers: block_m must be "
                          f"{2 * CONSUMER_ROWS}, not {tiles.block_m}")
     if not 1 <= stages <= 4:
         raise ValueError(f"sm90a stages={stages}: must be 1 to 4")
