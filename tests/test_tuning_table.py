@@ -209,6 +209,12 @@ def test_explain_json_ranks_the_sm80_kernel_first_where_it_measured_faster(capsy
     assert data["ranking"][0] == "nvrtc.sm80", data["ranking"]
 
 
+def test_explain_json_ranks_the_sm90a_kernel_first_for_varlen_where_it_measured_fastest(capsys):
+    # bench/results/2026-12-02-h200-planner-varlen.json: 445 vs sm80 277 and cuDNN 268 TFLOP/s at s=1024
+    data = _explain_json(capsys, "--head-dim", "128", "--seqlen-q", "1024", "--layout", "thd")
+    assert data["ranking"][:3] == ["nvrtc.sm90a", "nvrtc.sm80", "cudnn"], data["ranking"]
+
+
 @needs_results
 def test_every_row_of_the_newest_sweeps_ranks_within_5_percent_of_our_fastest():
     """The issue's bar: the backend explain ranks first on a described sm_90 is within 5% of the fastest
