@@ -42,8 +42,14 @@ namespace sm90a {
 
 constexpr int kBlockM = BLOCK_M;
 constexpr int kBlockN = BLOCK_N;
-constexpr int kHeadDim = HEAD_DIM;     // of Q and K
-constexpr int kHeadDimV = HEAD_DIM_V;  // of V and the output
+// The head dims in memory, and as the tiles hold them: whole 64-column panels, so a head dim of 96 is
+// padded to 128 (TMA fills the columns past the tensor's head dim with zeros, rung wgmma copies
+// zeros there); S = Q K^T runs over the real columns only, O += P V over the padded ones, and the
+// output's columns past the real head dim are not stored.
+constexpr int kHeadDimData = HEAD_DIM;     // of Q and K
+constexpr int kHeadDimVData = HEAD_DIM_V;  // of V and the output
+constexpr int kHeadDim = (HEAD_DIM + 63) / 64 * 64;
+constexpr int kHeadDimV = (HEAD_DIM_V + 63) / 64 * 64;
 constexpr int kStages = KV_STAGES;  // K and V buffers each: the ring's depth
 
 // Warp roles: warpgroup 0 is the producer (one thread issues every TMA load; the rest idle), warpgroups
@@ -117,8 +123,9 @@ constexpr unsigned kTurnThreads = 2 * kWarpgroupThreads;
 // once it is done reading a buffer the next copies overwrite).
 constexpr unsigned kLoadBarrier = kFirstTurnBarrier + kConsumers;
 
-static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 192 || kHeadDim == 256, "HEAD_DIM: 64, 128, 192 or 256");
-static_assert(kHeadDimV == kHeadDim || (kHeadDim == 192 && kHeadDimV == 128),
+static_assert(kHeadDimData == 64 || kHeadDimData == 96 || kHeadDimData == 128 || kHeadDimData == 192 ||
+                  kHeadDimData == 256, "HEAD_DIM: 64, 96, 128, 192 or 256");
+static_assert(kHeadDimVData == kHeadDimData || (kHeadDimData == 192 && kHeadDimVData == 128),
               "HEAD_DIM_V: HEAD_DIM, or 128 with HEAD_DIM 192");
 static_assert(kBlockN % 16 == 0 && kBlockN >= 64 && kBlockN <= 256, "BLOCK_N: a multiple of 16 in 64..256");
 static_assert(kBlockM % kConsumerRows == 0 && (kConsumers == 2 || kConsumers == 3),
@@ -143,7 +150,7 @@ static_assert(kSmemBytes == ATTN_EXPECTED_SMEM_BYTES, "sm90a tiles.shared_memory
 constexpr int kSTiles = kBlockN / 8;   // n8 column blocks of S (the [1][kSTiles][4] fragment)
 constexpr int kOTiles = kHeadDimV / 8;  // of O
 constexpr int kPSteps = kBlockN / kWgmmaK;     // k-steps of O += P V
-constexpr int kQKSteps = kHeadDim / kWgmmaK;   // k-steps of S = Q K^T
+constexpr int kQKSteps = kHeadDimData / kWgmmaK;   // k-steps of S = Q K^T: the real columns only
 
 }  // namespace sm90a
 }  // namespace attn

@@ -13,10 +13,11 @@
 namespace attn {
 namespace sm90a {
 
-// Rows row0 .. row0 + Rows - 1 of one (sequence, head)'s matrix of Cols 16-bit columns (`base` its row 0,
-// `row_stride` elements apart), rows at or past `valid` as zeros, into the tile at shared address
-// `tile`: 16-byte chunks spread over every consumer thread (`tid` of kConsumerThreads).
-template <int Rows, int Cols>
+// Rows row0 .. row0 + Rows - 1 of one (sequence, head)'s matrix of RealCols 16-bit columns (`base` its
+// row 0, `row_stride` elements apart) into the tile of Cols columns at shared address `tile`, rows at
+// or past `valid` and columns past RealCols (a padded head dim) as zeros: 16-byte chunks spread over
+// every consumer thread (`tid` of kConsumerThreads).
+template <int Rows, int Cols, int RealCols = Cols>
 __device__ __forceinline__ void copy_tile(unsigned tile, const in_t* base, long long row_stride, int row0, int valid,
                                           int tid) {
   constexpr int kChunksPerRow = Cols * kTileElemBytes / 16;
@@ -24,7 +25,7 @@ __device__ __forceinline__ void copy_tile(unsigned tile, const in_t* base, long 
 #pragma unroll 4
   for (int c = tid; c < kChunks; c += kConsumerThreads) {
     const int row = c / kChunksPerRow, col = (c % kChunksPerRow) * (16 / kTileElemBytes);
-    const bool inside = row0 + row < valid;
+    const bool inside = row0 + row < valid && (RealCols == Cols || col < RealCols);
     const in_t* src = base + (inside ? static_cast<long long>(row0 + row) * row_stride + col : 0);
     cp_async_16(tile + tile_offset(kTileSwizzle, Rows, row, col, kTileElemBytes), src, inside ? 16 : 0);
   }
@@ -51,10 +52,12 @@ __device__ __forceinline__ void consume_tiles_cp_async(const FwdParams& p, const
   const int num_tiles = w.tiles.count();
   const auto load_kv = [&](int index, int stage) {
     const int key0 = w.tiles.tile(index) * kBlockN;
-    copy_tile<kBlockN, kHeadDim>(smem.address(Layout::k_tile(stage)), k, p.k_row_stride, key0, seq.seqlen_kv, tid);
-    copy_tile<kBlockN, kHeadDimV>(smem.address(Layout::v_tile(stage)), v, p.v_row_stride, key0, seq.seqlen_kv, tid);
+    copy_tile<kBlockN, kHeadDim, kHeadDimData>(smem.address(Layout::k_tile(stage)), k, p.k_row_stride, key0,
+                                              seq.seqlen_kv, tid);
+    copy_tile<kBlockN, kHeadDimV, kHeadDimVData>(smem.address(Layout::v_tile(stage)), v, p.v_row_stride, key0,
+                                                 seq.seqlen_kv, tid);
   };
-  copy_tile<kBlockM, kHeadDim>(smem.address(Layout::kQ), q, p.q_row_stride, w.m0, seq.seqlen_q, tid);
+  copy_tile<kBlockM, kHeadDim, kHeadDimData>(smem.address(Layout::kQ), q, p.q_row_stride, w.m0, seq.seqlen_q, tid);
   if (num_tiles > 0) load_kv(0, 0);
   cp_async_commit();  // group 0: Q and key tile 0
   const unsigned long long q_desc = encode_descriptor(k_major_tile_fields(kTileSwizzle, smem.address(0), kBlockM));

@@ -56,7 +56,7 @@ __device__ __forceinline__ void store_output_direct(const FwdParams& p, const Ti
     out_t* dst = out + static_cast<long long>(row) * p.o_row_stride;
     const float f = out_scale[half];
 #pragma unroll
-    for (int nt = 0; nt < kOTiles; ++nt) {
+    for (int nt = 0; nt < kHeadDimVData / 8; ++nt) {  // the padded columns (head dim 96) are not stored
       const int reg = accumulator_register(nt, 2 * half);
       *reinterpret_cast<unsigned*>(dst + accumulator_coord(thread, reg).col) = pack2_out(o[reg] * f, o[reg + 1] * f);
     }

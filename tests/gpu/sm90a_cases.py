@@ -52,6 +52,11 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
     for dtype, head_dim_v, causal in itertools.product(("bf16", "f16"), (192, 128), (False, True)):
         cases.append((f"{dtype}-d192x{head_dim_v}-causal{int(causal)}",
                       _desc(dtype=dtype, head_dim=192, head_dim_v=head_dim_v, causal=causal), "dense"))
+    # head dim 96: d=128's tiles with the head dim padded (TMA zero-fills the columns past 96)
+    for dtype, causal in itertools.product(("bf16", "f16"), (False, True)):
+        cases.append((f"{dtype}-d96-causal{int(causal)}", _desc(dtype=dtype, head_dim=96, causal=causal), "dense"))
+    cases.append(("everything-d96", _desc(**{**FEATURE_BASE, "head_dim": 96, **FEATURES["everything"]}), "dense"))
+    cases.append(("strided-d96-gqa4", _desc(**{**FEATURE_BASE, "head_dim": 96, "heads_q": 8, "heads_kv": 2}), "strided"))
     for head_dim_v in (192, 128):
         cases.append((f"everything-d192x{head_dim_v}", _desc(**{**FEATURE_BASE, "head_dim": 192, "head_dim_v": head_dim_v,
                                                               **FEATURES["everything"]}), "dense"))
@@ -78,7 +83,7 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
     # varlen (thd): gated until these pass on a GPU (verified.json "features"); last, so that a dense
     # failure shows first
     varlen = dict(layout="thd", batch=5, seqlen_q=300, seqlen_kv=400)
-    for head_dim, head_dim_v in ((64, 64), (128, 128), (256, 256), (192, 128)):
+    for head_dim, head_dim_v in ((64, 64), (128, 128), (256, 256), (192, 128), (96, 96)):
         for causal in (False, True):
             cases.append((f"varlen-d{head_dim}x{head_dim_v}-causal{int(causal)}",
                           _desc(**varlen, head_dim=head_dim, head_dim_v=head_dim_v, causal=causal), "dense"))
@@ -108,6 +113,8 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
                                    head_dim_v=128, causal=True), "dense"),
         ("paged-varlen-chunked-prefill", _desc(layout="thd", batch=3, seqlen_q=100, seqlen_kv=700,
                                                paged=PagedKV(32, 22), causal=True, head_dim=64), "dense"),
+        ("paged64-d96-gqa4", _desc(batch=3, seqlen_q=150, seqlen_kv=500, paged=PagedKV(64, 8), head_dim=96,
+                                   heads_q=8, heads_kv=2, causal=True), "nan_pages"),
         ("paged-everything", _desc(**{**FEATURE_BASE, "paged": PagedKV(64, 9), **FEATURES["everything"]}), "dense"),
         ("paged16-nan-pages", _desc(batch=3, seqlen_q=70, seqlen_kv=300, paged=PagedKV(16, 19), causal=True),
          "nan_pages"),
@@ -124,6 +131,8 @@ def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
                                                    causal=True, window=(90, 0), sink_tokens=2, alibi=True)),
             ("memcheck-varlen-d128-gqa4", _desc(layout="thd", batch=4, seqlen_q=150, seqlen_kv=230, heads_q=4,
                                                 heads_kv=1, causal=True)),
+            ("memcheck-d96-varlen", _desc(layout="thd", batch=3, seqlen_q=150, seqlen_kv=200, head_dim=96, heads_q=4,
+                                          heads_kv=2, causal=True)),
             ("memcheck-paged16-gqa2", _desc(batch=3, seqlen_q=40, seqlen_kv=150, paged=PagedKV(16, 10), heads_q=4,
                                             heads_kv=2, causal=True)),
             ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,

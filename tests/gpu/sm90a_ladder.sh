@@ -17,7 +17,9 @@
 # rung), sanitizer.log, rungs.log, rungs.json, bench.log, bench.json.  Stage limits (seconds):
 # LADDER_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT; SKIP_TIMING=1 stops after the sanitizers,
 # SKIP_BENCH=1 after the sweep.
-# $ATTNPLAN_SM90A_TILES (backends/nvrtc/sm90a/tiles.py) runs the ladder on other tiles.
+# $ATTNPLAN_SM90A_TILES (backends/nvrtc/sm90a/tiles.py) runs the ladder on other tiles.  SKIP_SWEEP=1 leaves
+# out the sweep; LADDER_SELECT (a pytest -k expression over the case names) runs part of the ladder, e.g.
+# the cases of a kernel change that leaves every other kernel's SASS unchanged.
 # Exit status: 0 only if every stage passed.
 #
 #   bash tests/gpu/sm90a_ladder.sh            (the device tool: carry .whl)
@@ -59,7 +61,7 @@ for rung in $RUNGS; do
   # A hung kernel (a barrier that never completes) ends its case after CASE_TIMEOUT, not the whole budget.
   before=$(grep -c '"passed": true' "$OUT/cases.jsonl"); skipped_before=$(grep -c '"skipped"' "$OUT/cases.jsonl")
   SM90A_RESULTS="$OUT/cases.jsonl" timeout "${LADDER_TIMEOUT:-110}" python3 -m pytest -x -q -p no:cacheprovider \
-    --tb=short -rA $per_case tests/gpu/test_sm90a_gpu.py > "$OUT/pytest.tmp" 2>&1
+    --tb=short -rA $per_case ${LADDER_SELECT:+-k "$LADDER_SELECT"} tests/gpu/test_sm90a_gpu.py > "$OUT/pytest.tmp" 2>&1
   ladder=$?
   cat "$OUT/pytest.tmp" >> "$OUT/pytest.log"
   passed=$(( $(grep -c '"passed": true' "$OUT/cases.jsonl") - before ))

@@ -37,7 +37,7 @@ RUNGS = ("wgmma", "tma", "overlap", "pingpong", "persistent", "pingpong_persiste
 # except that causal problems at d=128 and d=256 get "pingpong" (their short rows gain 2-6% from the
 # turns, e.g. d=128 s=2k 450 vs 424 TFLOP/s; non-causal and long rows are within 1.5% either way).
 RUNG = "overlap"
-CAUSAL_PINGPONG_HEAD_DIMS = (128, 256)
+CAUSAL_PINGPONG_HEAD_DIMS = (96, 128, 256)
 RUNG_VARIABLE = "ATTNPLAN_SM90A_RUNG"
 
 

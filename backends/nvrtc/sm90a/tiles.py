@@ -34,7 +34,7 @@ PERSISTENT_REGISTERS = {2: (40, 232), 3: (32, 160)}
 BLOCK_MS = tuple(c * CONSUMER_ROWS for c in REGISTERS)      # 128, 192
 PERSISTENT_RUNGS = ("persistent", "pingpong_persistent")    # the rungs of a persistent grid
 PINGPONG_RUNGS = ("pingpong", "pingpong_persistent")        # the rungs whose two consumers take turns
-HEAD_DIMS = (64, 128, 192, 256)
+HEAD_DIMS = (64, 96, 128, 192, 256)
 # (head_dim, head_dim_v) pairs with V narrower than Q and K: DeepSeek's 192 / 128.
 HEAD_DIM_V_PAIRS = ((192, 128),)
 PANEL_COLUMNS = 64                  # a TMA box's columns: one 128-byte swizzle span of 16-bit elements
@@ -53,7 +53,9 @@ BLOCK_N_STEP, BLOCK_N_MIN, BLOCK_N_MAX = 16, 64, 256
 TILES = {(64, 64): (192, 128), (128, 128): (128, 176), (256, 256): (128, 80),
          # not yet measured (written without a GPU; gated in verified.json until a GPU run verifies them):
          # 128 x 112 fits Q 48 KiB + two K/V stages of 42 KiB; S 56 + P 28 + O 96 registers
-         (192, 192): (128, 112), (192, 128): (128, 128)}
+         (192, 192): (128, 112), (192, 128): (128, 128),
+         # d=96 runs in d=128's tiles (the head dim padded to whole 64-column panels: padded_head_dim)
+         (96, 96): (128, 176)}
 # With two consumers (rung "pingpong" takes turns between two; a softcap's tanh needs more registers
 # than three consumers' 160 leave at d=64): 128 x 160 at d=64, the best two-consumer tile there.
 TWO_CONSUMER_TILES = {**TILES, (64, 64): (128, 160)}
@@ -63,7 +65,8 @@ TWO_CONSUMER_TILES = {**TILES, (64, 64): (128, 160)}
 PERSISTENT_TILES = {(64, 64): (128, 128), (128, 128): (128, 176), (256, 256): (128, 64), (192, 192): (128, 64),
                     (192, 128): (128, 64)}
 # Rung "pingpong_persistent": the turns keep a little more live, so 128 x 176 spills a register at d=128.
-PINGPONG_PERSISTENT_TILES = {**PERSISTENT_TILES, (128, 128): (128, 128)}
+PERSISTENT_TILES[(96, 96)] = PERSISTENT_TILES[(128, 128)]
+PINGPONG_PERSISTENT_TILES = {**PERSISTENT_TILES, (128, 128): (128, 128), (96, 96): (128, 128)}
 STAGES = 2                          # K and V buffers each: the next tile loads during this one
 
 
@@ -94,13 +97,20 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
+def padded_head_dim(head_dim: int) -> int:
+    """The head dim as the tiles hold it: whole 64-column panels (96 -> 128; fwd_config.cuh kHeadDim)."""
+    return _round_up(head_dim, PANEL_COLUMNS)
+
+
 def shared_memory_bytes(head_dim: int, block_m: int, block_n: int, stages: int, dtype_bytes: int = 2,
                         head_dim_v: Optional[int] = None) -> int:
     """Q (block_m rows), `stages` K and `stages` V tiles (block_n rows; V head_dim_v wide), the 3 + 4 * stages mbarriers and
     the 8-byte work slot (rounded to 128 bytes), and one swizzle atom of alignment slack (fwd_layout.cuh
     FwdLayout::kBytes)."""
+    head_dim_v = head_dim if head_dim_v is None else head_dim_v
+    head_dim, head_dim_v = padded_head_dim(head_dim), padded_head_dim(head_dim_v)
     q = block_m * head_dim * dtype_bytes
-    kv = stages * block_n * (head_dim + (head_dim if head_dim_v is None else head_dim_v)) * dtype_bytes
+    kv = stages * block_n * (head_dim + head_dim_v) * dtype_bytes
     barriers = _round_up((3 + 4 * stages) * BARRIER_BYTES + WORK_SLOT_BYTES, 128)
     return q + kv + barriers + TILE_ALIGNMENT
 
