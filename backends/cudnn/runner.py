@@ -5,7 +5,6 @@ the LSE layout conversions, and the workspace."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Optional
 
 import attrs
@@ -15,6 +14,8 @@ from attnplan.descriptor import AttentionDescriptor
 from attnplan.errors import InvalidArguments
 from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
+
+from ..workspaces import StreamWorkspaces
 
 from . import library
 from .graphs import FP8_AMAX, FP8_INPUT_SCALES, GRAPHS, SOFTMAX_SCALE, BuiltGraph, GraphUnsupported
@@ -74,38 +75,12 @@ class _Prepared:
     roles: tuple                  # (uid, role) of the argument addresses, for the plain path
 
 
-class _Workspaces:
-    """One workspace per device, allocated on first need and grown, reused across calls.
-    (Calls that overlap on different streams should pass their own `workspace=`.)"""
-
-    def __init__(self):
-        self._buffers: dict = {}
-        self._lock = threading.Lock()
-
-    def pointer(self, device_index: int, need: int, given) -> int:
-        if need <= 0:
-            return 0
-        if given is not None and given.data.nbytes >= need:
-            return given.ptr
-        held = self._buffers.get(device_index)            # (buffer, address)
-        if held is not None and held[0].nbytes >= need:
-            return held[1]
-        import cupy
-        with self._lock:
-            held = self._buffers.get(device_index)
-            if held is None or held[0].nbytes < need:
-                with cupy.cuda.Device(device_index):
-                    buffer = cupy.empty(need, dtype=cupy.uint8)
-                held = self._buffers[device_index] = (buffer, int(buffer.data.ptr))
-            return held[1]
-
-
 class CudnnRunner:
     """The forward or backward of one descriptor (one per built Executable)."""
 
     def __init__(self, desc: AttentionDescriptor, canonical: BuiltGraph, plan_name: Optional[str] = None):
         self.desc, self.canonical, self.plan_name = desc, canonical, plan_name
-        self.workspaces = _Workspaces()
+        self.workspaces = StreamWorkspaces()       # one per (device, stream), kept between calls
         self._constants: dict = {}
         self._checked = LayoutCache()
         self._graphs = LayoutCache()        # argument signature -> BuiltGraph
@@ -254,7 +229,7 @@ class CudnnRunner:
             if desc.is_fp8:
                 addresses.update(self._fp8_pointers(cupy, bound, device_index))
             pack = {uid: addresses[role] for uid, role in prepared.roles}
-            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            workspace = self.workspaces.pointer(device_index, stream, built.workspace_size, bound.workspace)
             with on_device(cupy, device_index):
                 built.run(pack, workspace, library.handle(device_index, stream))
             return
@@ -271,7 +246,7 @@ class CudnnRunner:
                 else:
                     stats = cupy.empty((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
                     ptrs["stats"] = stats.data.ptr
-            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            workspace = self.workspaces.pointer(device_index, stream, built.workspace_size, bound.workspace)
             built.execute(ptrs, workspace, library.handle(device_index, stream))
             if stats is not None:
                 if desc.layout == "thd":
@@ -314,7 +289,7 @@ class CudnnRunner:
             if dsink is not None:
                 dsink.data.fill(0)
                 ptrs["dsink"] = dsink.ptr
-            workspace = self.workspaces.pointer(device_index, built.workspace_size, bound.workspace)
+            workspace = self.workspaces.pointer(device_index, stream, built.workspace_size, bound.workspace)
             built.execute(ptrs, workspace, library.handle(device_index, stream))
 
 

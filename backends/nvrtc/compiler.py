@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -124,6 +125,13 @@ def _check(nvrtc, result, what: str):
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         raise RuntimeError(f"{what} failed: {err}")
     return result[1] if len(result) == 2 else result[1:]
+
+
+def timed_compile_source(source: str, name: str, options: list[str]) -> tuple[bytes, str, float]:
+    """compile_source and the seconds it took (a picklable function for a pool of compile processes)."""
+    started = time.perf_counter()
+    cubin, log = compile_source(source, name, options)
+    return cubin, log, time.perf_counter() - started
 
 
 def compile_source(source: str, name: str, options: list[str]) -> tuple[bytes, str]:

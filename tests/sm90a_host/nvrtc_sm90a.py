@@ -61,3 +61,14 @@ def sass_by_function(cubin: bytes) -> dict[str, list[str]]:
         elif current is not None and re.match(r"\s*/\*[0-9a-f]+\*/", line):
             current.append(line.split("*/", 1)[1].split(";")[0].strip())
     return functions
+
+
+def compile_and_read(source: str, name: str, options: list) -> dict:
+    """Compile one kernel and read what the SASS tests check (a picklable function for a pool of spawned
+    processes): NVRTC's log, the compile seconds, `attnplan kernel inspect`'s info, the entry's SASS."""
+    from attnplan.backends.nvrtc import compiler
+    from attnplan.kernel_inspect import inspect_cubin
+
+    cubin, log, seconds = compiler.timed_compile_source(source, name, options)
+    (info,) = inspect_cubin(cubin)
+    return {"log": log, "seconds": seconds, "info": info, "sass": sass_by_function(cubin)["attn_fwd_kernel"]}

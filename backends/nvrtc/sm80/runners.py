@@ -11,7 +11,8 @@ Backward launch order on the caller's stream (kernels/sm80/bwd.cu):
 then d sink_logits_h = -sum_{b,i} exp(sink_h - lse_{b,h,i}) * delta_{b,h,i} with CuPy (rows with
 lse = -inf contribute nothing).
 
-Workspace (one device buffer; `plan.workspace_size` bytes, allocated here when the caller gives none):
+Workspace (one device buffer; `plan.workspace_size` bytes: the caller's, or the one the runner keeps
+per stream, backends/workspaces.py, allocated on the first call):
   delta     fp32 [batch][heads_q][seqlen_q]               varlen: [heads_q][total_q]
   dq_accum  fp32 [batch][seqlen_q][heads_q][head_dim]     varlen: [total_q][heads_q][head_dim]
             (absent in deterministic mode), starting at a 256-byte boundary.
@@ -31,6 +32,7 @@ from attnplan.errors import InvalidArguments
 from attnplan.layout_cache import LayoutCache
 from attnplan.streams import stream_handle
 
+from ...workspaces import StreamWorkspaces
 from .. import launcher, params
 from ..dispatch import DispatchKey
 from ..launch_params import (backward_layout_values, backward_pointer_values, check_vector_access,
@@ -148,6 +150,7 @@ class BackwardRunner:
         self._kernels: dict = {}
         self._checked = LayoutCache()
         self._blocks = LayoutCache()
+        self.workspaces = StreamWorkspaces()     # the backward's, one per stream, kept between calls
 
     @property
     def notes(self) -> str:
@@ -192,12 +195,8 @@ class BackwardRunner:
         handle = stream_handle(bound.stream, bound.q.origin)
         total_q = bound.q.shape[0] if desc.layout == "thd" else desc.batch * desc.seqlen_q
         with cupy.cuda.Device(self.device.index), _cupy_stream(cupy, handle, self.device.index):
-            workspace = None
-            if bound.workspace is not None:
-                base = bound.workspace.ptr
-            else:
-                workspace = cupy.empty(self.layout.total, dtype=cupy.uint8)   # stream-ordered pool memory
-                base = int(workspace.data.ptr)
+            # the caller's (size-checked) or the one this runner keeps for the stream: no allocation once warm
+            workspace, base = self.workspaces.acquire(self.device.index, handle, self.layout.total, bound.workspace)
             values = pointer_values(bound, bound.out, bound.lse)
             values.update(backward_pointer_values(bound, grads))
             values["delta"] = base
@@ -219,7 +218,6 @@ class BackwardRunner:
     def _sink_gradient(self, bound, dsink, base: int, total_q: int, owner, cupy) -> None:
         desc = self.desc
         shape = lse_shape(desc, total_q)
-        owner = owner if owner is not None else bound.workspace.data
         memory = cupy.cuda.UnownedMemory(base, self.layout.delta_bytes, owner)
         delta = cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
         lse = bound.lse.data.astype(cupy.float64)
