@@ -165,3 +165,14 @@ def test_lse_density_check_agrees_with_numpy(view):
     from attnplan.backends.cudnn.runner import is_c_contiguous
     a = view(np.zeros((2, 3, 4), np.float32))
     assert is_c_contiguous(a.shape, tuple(s // 4 for s in a.strides)) == a.flags.c_contiguous
+
+
+def test_the_varlen_backward_with_sink_logits_is_refused_below_cudnn_9_26():
+    from attnplan.backends.cudnn.mapping import version_reasons
+    bad = _desc(layout="thd", direction="backward", sink_logits=True, causal=True)
+    reasons = version_reasons(bad, 91900)
+    assert len(reasons) == 1 and "cuDNN 9.19.0" in reasons[0] and ">= 9.26" in reasons[0] and "3249" in reasons[0]
+    assert version_reasons(bad, 92600) == []                                  # fixed there
+    assert version_reasons(bad.replace(direction="forward"), 91900) == []     # the forward is right
+    assert version_reasons(bad.replace(sink_logits=False), 91900) == []
+    assert version_reasons(bad.replace(layout="bshd"), 91900) == []           # dense is right

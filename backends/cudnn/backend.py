@@ -21,7 +21,7 @@ from attnplan.sku import KernelSku, PrecisionGuarantee
 
 from . import library
 from .graphs import GRAPHS, BuiltGraph, GraphUnsupported
-from .mapping import canonical_geometry, mask_spec, semantic_reasons
+from .mapping import canonical_geometry, mask_spec, semantic_reasons, version_reasons
 from .runner import CudnnRunner
 from attnplan.install_hints import install_hint
 
@@ -49,6 +49,9 @@ class CudnnBackend(Backend):
         reasons = semantic_reasons(desc)
         if reasons or self.availability(desc, device):
             return reasons          # cuDNN's own support check needs the library and a present GPU
+        version = library.backend_version()
+        if version is not None and version_reasons(desc, version):
+            return version_reasons(desc, version)
         try:
             GRAPHS.get(desc, device.index, canonical_geometry(desc))
         except GraphUnsupported as exc:

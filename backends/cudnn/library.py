@@ -77,6 +77,17 @@ def not_supported_error() -> type:
     return getattr(module(), NOT_SUPPORTED_ERROR)
 
 
+def backend_version() -> Optional[int]:
+    """The loaded cuDNN library's version as cuDNN encodes it (91900 for 9.19.0); None when absent."""
+    _load()
+    try:
+        import cudnn
+        version = int(cudnn.backend_version())
+    except Exception:
+        return None
+    return version if version > 0 else None
+
+
 def versions() -> dict:
     """cuDNN library and frontend versions, for SKUs and `attnplan info` (empty when absent)."""
     _load()

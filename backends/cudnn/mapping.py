@@ -24,6 +24,22 @@ KV_LIKE = ("k", "v", "dk", "dv")
 _HEAD_DIM_V_ROLES = ("v", "o", "do", "dv")
 
 
+# cuDNN versions that compute a wrong result for a feature combination we would otherwise map:
+# (the first good version, the combination's test, the reason).
+VARLEN_SINK_BACKWARD_FIXED = 92600      # cuDNN 9.26.0
+
+
+def version_reasons(desc: AttentionDescriptor, version: int) -> list[str]:
+    """Reasons to refuse `desc` on cuDNN `version` (major * 10000 + minor * 100 + patch) although it
+    builds the graph: known wrong results, fixed in a later release."""
+    if (desc.direction == "backward" and desc.varlen and desc.sink_logits
+            and version < VARLEN_SINK_BACKWARD_FIXED):
+        found = f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+        return [f"cuDNN {found} computes a wrong dSink for the varlen backward with sink logits at some head dims "
+                f"(TransformerEngine issue 3249; fixed in cuDNN 9.26): needs cuDNN >= 9.26"]
+    return []
+
+
 def semantic_reasons(desc: AttentionDescriptor) -> list[str]:
     """Features whose attnplan semantics cuDNN's SDPA graph cannot reproduce exactly."""
     reasons = []
