@@ -50,8 +50,9 @@ class CudnnBackend(Backend):
         if reasons or self.availability(desc, device):
             return reasons          # cuDNN's own support check needs the library and a present GPU
         version = library.backend_version()
-        if version is not None and version_reasons(desc, version):
-            return version_reasons(desc, version)
+        reasons = version_reasons(desc, version) if version is not None else []
+        if reasons:
+            return reasons
         try:
             GRAPHS.get(desc, device.index, canonical_geometry(desc))
         except GraphUnsupported as exc:

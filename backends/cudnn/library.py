@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
-from .mapping import MIN_BACKEND_TEXT, MIN_BACKEND_VERSION
+from .mapping import MIN_BACKEND_TEXT, MIN_BACKEND_VERSION, version_text
 
 _lock = threading.Lock()
 _loaded = False
@@ -18,11 +18,6 @@ _problem: Optional[str] = None
 _local = threading.local()
 # The exception cuDNN (frontend or backend) raises for a graph it does not support: its verdict.
 NOT_SUPPORTED_ERROR = "cudnnGraphNotSupportedError"
-
-
-def version_text(version: int) -> str:
-    """cuDNN 9 encodes versions as major * 10000 + minor * 100 + patch."""
-    return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
 
 
 def _load() -> None:
@@ -97,12 +92,9 @@ def versions() -> dict:
     except Exception:
         return out
     out["cudnn_frontend"] = str(getattr(cudnn, "__version__", "?"))
-    try:
-        version = int(cudnn.backend_version())
-        if version > 0:
-            out["cudnn"] = version_text(version)
-    except Exception:
-        pass
+    version = backend_version()
+    if version is not None:
+        out["cudnn"] = version_text(version)
     return out
 
 

@@ -19,6 +19,11 @@ from attnplan.descriptor import AttentionDescriptor
 MIN_BACKEND_VERSION = 90600
 MIN_BACKEND_TEXT = "9.6.0"
 
+
+def version_text(version: int) -> str:
+    """cuDNN 9 encodes versions as major * 10000 + minor * 100 + patch."""
+    return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+
 Q_LIKE = ("q", "o", "do", "dq")
 KV_LIKE = ("k", "v", "dk", "dv")
 _HEAD_DIM_V_ROLES = ("v", "o", "do", "dv")
@@ -34,8 +39,7 @@ def version_reasons(desc: AttentionDescriptor, version: int) -> list[str]:
     builds the graph: known wrong results, fixed in a later release."""
     if (desc.direction == "backward" and desc.varlen and desc.sink_logits
             and version < VARLEN_SINK_BACKWARD_FIXED):
-        found = f"{version // 10000}.{version // 100 % 100}.{version % 100}"
-        return [f"cuDNN {found} computes a wrong dSink for the varlen backward with sink logits at some head dims "
+        return [f"cuDNN {version_text(version)} computes a wrong dSink for the varlen backward with sink logits at some head dims "
                 f"(TransformerEngine issue 3249; fixed in cuDNN 9.26): needs cuDNN >= 9.26"]
     return []
 

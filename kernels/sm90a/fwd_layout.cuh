@@ -69,8 +69,8 @@ struct FwdLayout {
   static constexpr unsigned kBarriers = kV + Stages * kVTileBytes;
   // q_full, then k_full[s], k_empty[s], v_full[s], v_empty[s], then q_empty (a persistent CTA's next
   // Q waits for Q's rows to be free: read by the last S = Q K^T, and the output staged there stored),
-  // then v_landed (varlen: a V tile whose rows run past the sequence lands there first, so that the
-  // producer can zero those rows before it completes v_full; fwd_mainloop.cuh load_tiles).
+  // then v_landed (varlen and paged KV: a V tile whose rows run past the sequence lands there first, so
+  // that the producer can zero those rows before it completes v_full; fwd_mainloop.cuh load_tiles).
   static constexpr int kNumBarriers = 3 + 4 * Stages;
   // After the barriers: the work slot, one int (a persistent CTA's next work index), padded to 8 bytes.
   static constexpr unsigned kWorkSlot = kBarriers + kNumBarriers * kBarrierBytes;

@@ -1,11 +1,12 @@
 """The sm_90a kernel generation (kernels/sm90a/fwd.cu: TMA, wgmma, warp specialization), Hopper only,
 compiled for sm_90a: tiles.py chooses the tiles and sizes shared memory, runner.py encodes the TMA
 maps (tma.py) and launches.  Gated per rung, head dim pair and layout feature: the planner chooses a
-kernel only once a GPU run has verified it (verified.json: every rung at head dims 64, 128, 256, 192
-and 192/128, dense, varlen and paged (not rung wgmma), H200, 2026-12-02; tests/gpu/sm90a_ladder.sh
+kernel only once a GPU run has verified it (verified.json: every rung at head dims 64, 96, 128, 256,
+192 and 192/128, dense, varlen and paged (not rung wgmma), H200, 2026-12-02; tests/gpu/sm90a_ladder.sh
 writes the evidence).
 
-Forward only, f16 / bf16, head dims 64, 128, 192 and 256 (head_dim_v equal, or 128 with 192), dense
+Forward only, f16 / bf16, head dims 64, 96 (in d=128's tiles, padded), 128, 192 and 256 (head_dim_v
+equal, or 128 with 192), dense
 bshd, varlen thd and paged KV (pages of a multiple of 8 keys), every mask feature (causal either
 alignment, sliding window, sink tokens), softcap, ALiBi, sink logits, GQA / MQA and the LSE.
 Declined, with the planner's reasons: the backward pass, dropout, an additive bias, fp8, the bhsd

@@ -185,8 +185,13 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
 
 # Paged KV: TMA brings a page in boxes of min(page_size, block_n) rows, so a key tile must hold whole
 # pages or lie within one (block_n a multiple or a divisor of the page size), and a box whole 8-row
-# swizzle atoms (kernels/sm90a/fwd_mainloop.cuh load_kv_tile).
+# swizzle atoms (kernels/sm90a/fwd_mainloop.cuh load_paged_tile).
 PAGE_ROW_MULTIPLE = 8
+
+
+def pages_fill(block_n: int, page_size: int) -> bool:
+    """Whether key tiles of `block_n` keys are whole pages or lie within one."""
+    return block_n % page_size == 0 or page_size % block_n == 0
 
 
 def paged_block_n(block_n: int, page_size: int) -> int:
@@ -196,7 +201,7 @@ def paged_block_n(block_n: int, page_size: int) -> int:
         raise ValueError(f"paged.page_size={page_size}: the sm90a forward loads pages by TMA in whole 8-row "
                          f"swizzle atoms: a multiple of {PAGE_ROW_MULTIPLE}")
     for n in range(block_n, BLOCK_N_MIN - 1, -BLOCK_N_STEP):
-        if n % page_size == 0 or page_size % n == 0:
+        if pages_fill(n, page_size):
             return n
     raise ValueError(f"paged.page_size={page_size}: no sm90a key tile of {BLOCK_N_MIN}..{block_n} keys in steps of "
                      f"{BLOCK_N_STEP} is a multiple or a divisor of it")
@@ -209,7 +214,7 @@ def check_problem_tiles(desc: AttentionDescriptor, tiles: TileConfig) -> None:
 
 
 def check_paged_tile(block_n: int, page_size: int) -> None:
-    if page_size % PAGE_ROW_MULTIPLE or (block_n % page_size and page_size % block_n):
+    if page_size % PAGE_ROW_MULTIPLE or not pages_fill(block_n, page_size):
         raise ValueError(f"sm90a tile block_n={block_n} with paged.page_size={page_size}: the key tile must be a "
                          f"multiple or a divisor of the page size, and the page size a multiple of {PAGE_ROW_MULTIPLE}")
 
