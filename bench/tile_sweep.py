@@ -7,6 +7,15 @@ reference before its time counts, all timed in interleaved rounds (the same cloc
     python bench/tile_sweep.py --direction backward --output bench/results/bwd-tiles.json
     python bench/tile_sweep.py --generation sm90a --head-dims 64,128,256 --seqlens 4096,16384 \
         --with cudnn,torch.flash --output bench/results/sm90a-rungs.json
+
+A kernel change against the code before it, in the same rounds: `--baseline DIR` builds every candidate
+a second time from the CUDA sources under DIR (e.g. `git archive HEAD kernels | tar -x -C /tmp/base`,
+then `--baseline /tmp/base/kernels`; the host code must launch both alike), named
+`<generation>@baseline[...]`; `--vary default` times the generation's own choice for each problem,
+`--vary order` the sm90a launch orders (tiles.ORDERS) on it:
+
+    python bench/tile_sweep.py --generation sm90a --vary default --baseline /tmp/base/kernels \
+        --head-dims 64,128,256 --seqlens 2048 --with cudnn --output bench/results/sm90a-order.json
 """
 
 from __future__ import annotations
@@ -14,7 +23,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
+from pathlib import Path
+
+import attrs
 
 from attnplan.backends.nvrtc import sm80, sm90a
 from attnplan.backends.nvrtc.backend import NvrtcBackend
@@ -59,7 +72,12 @@ GENERATIONS = {"sm80": sm80.GENERATION, "sm90a": sm90a.GENERATION}
 
 def candidates(generation: str, direction: str, head_dim: int, vary: str = "rungs", causal: bool = False
                ) -> list[dict]:
-    """The configs to compare, as the pinned-config dicts NvrtcBackend.build takes."""
+    """The configs to compare, as the pinned-config dicts NvrtcBackend.build takes (None: the
+    generation's own choice)."""
+    if vary == "default":
+        return [None]
+    if vary == "order":
+        return [{"order": order} for order in sm90a.tiles.ORDERS]
     if generation == "sm90a" and vary == "tiles":
         cfgs = next(c for limit, c in sorted(SM90A_TILES.items()) if head_dim <= limit)
         out = []
@@ -78,6 +96,22 @@ def candidates(generation: str, direction: str, head_dim: int, vary: str = "rung
     return [dict(zip(("block_m", "block_n", "num_warps", "stages"), cfg)) for cfg in cfgs]
 
 
+def _build(backend, desc, device, config):
+    """A plan of `config`; an "order" entry (--vary order) is the sm90a launch order, set through
+    $ATTNPLAN_SM90A_ORDER while the runner is made."""
+    if config and "order" in config:
+        saved = os.environ.get(sm90a.tiles.ORDER_VARIABLE)
+        os.environ[sm90a.tiles.ORDER_VARIABLE] = config["order"]
+        try:
+            return Plan(desc, device, backend, backend.build(desc, device, None))
+        finally:
+            if saved is None:
+                del os.environ[sm90a.tiles.ORDER_VARIABLE]
+            else:
+                os.environ[sm90a.tiles.ORDER_VARIABLE] = saved
+    return Plan(desc, device, backend, backend.build(desc, device, config))
+
+
 def _check(problem, desc, prepared, want, select, name: str, rows: list, timed: list) -> None:
     error = relative_error(select(prepared.outputs(0)), want, desc.dtype)
     row = {"problem": problem.as_dict(), "contender": name, "sku": prepared.sku, "error": error}
@@ -89,9 +123,13 @@ def _check(problem, desc, prepared, want, select, name: str, rows: list, timed: 
 
 
 def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: list, others=(), repeats: int = 20,
-          dtype: str = "bf16", vary: str = "rungs", causal_modes=(False, True)) -> None:
-    """Every candidate config (and each of `others`: a backend name or a peer) on each problem,
-    checked against the reference, the correct ones timed in interleaved rounds."""
+          dtype: str = "bf16", vary: str = "rungs", causal_modes=(False, True), baseline: Path | None = None) -> None:
+    """Every candidate config (built from the package's kernels and, with `baseline`, from the CUDA
+    sources there too; and each of `others`: a backend name or a peer) on each problem, checked
+    against the reference, the correct ones timed in interleaved rounds."""
+    sources = [("", GENERATIONS[generation])]
+    if baseline is not None:
+        sources.append(("@baseline", attrs.evolve(GENERATIONS[generation], kernels_dir=baseline)))
     for head_dim in head_dims:
         for seqlen in seqlens:
             for causal in causal_modes:
@@ -101,15 +139,16 @@ def sweep(generation: str, direction: str, head_dims, seqlens, device, rows: lis
                 fixed, want, select = reference_targets(desc, sets)
                 timed = []
                 for config in candidates(generation, direction, head_dim, vary, causal):
-                    name = ",".join(f"{k}={v}" for k, v in config.items())
-                    try:
-                        backend = NvrtcBackend(GENERATIONS[generation])
-                        plan = Plan(desc, device, backend, backend.build(desc, device, config))
-                        prepared = prepare_plan(backend.name, desc, sets, fixed, plan=plan)
-                    except Exception as exc:
-                        print(problem.label, name, "build failed:", str(exc)[:300], flush=True)
-                        continue
-                    _check(problem, desc, prepared, want, select, f"{generation}[{name}]", rows, timed)
+                    name = ",".join(f"{k}={v}" for k, v in config.items()) if config else "default"
+                    for suffix, source in sources:
+                        try:
+                            backend = NvrtcBackend(source)
+                            plan = _build(backend, desc, device, config)
+                            prepared = prepare_plan(backend.name, desc, sets, fixed, plan=plan)
+                        except Exception as exc:
+                            print(problem.label, name + suffix, "build failed:", str(exc)[:300], flush=True)
+                            continue
+                        _check(problem, desc, prepared, want, select, f"{generation}{suffix}[{name}]", rows, timed)
                 for other in others:
                     try:
                         if other.startswith(PEER_PREFIXES):
@@ -139,8 +178,11 @@ def main() -> None:
     parser.add_argument("--generation", default="sm80", choices=sorted(GENERATIONS))
     parser.add_argument("--with", dest="others", default="", help="backends or peers timed in the same rounds")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--vary", default="rungs", choices=("rungs", "tiles"),
-                        help="sm90a: A/B the rungs (on the default tile) or the tiles (under the default rung)")
+    parser.add_argument("--vary", default="rungs", choices=("rungs", "tiles", "default", "order"),
+                        help="sm90a: A/B the rungs (on the default tile) or the tiles (under the default rung); "
+                             "default: the generation's own choice per problem; order: its launch orders")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a kernels dir (CUDA sources) to build every candidate from a second time")
     parser.add_argument("--causal", default="both", choices=("both", "yes", "no"))
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -151,7 +193,8 @@ def main() -> None:
         sweep(args.generation, args.direction, [int(d) for d in args.head_dims.split(",")],
               [int(s) for s in args.seqlens.split(",")], device, rows, [o for o in args.others.split(",") if o],
               args.repeats, vary=args.vary,
-              causal_modes={"both": (False, True), "yes": (True,), "no": (False,)}[args.causal])
+              causal_modes={"both": (False, True), "yes": (True,), "no": (False,)}[args.causal],
+              baseline=args.baseline)
     finally:
         if args.output:
             with open(args.output, "w") as f:

@@ -571,14 +571,68 @@ def test_parameter_block_layout():
 
 def test_runner_grid_threads_and_shared_memory():
     plan, runner = _runner(PLUMBING)
-    assert runner.grid == (math.ceil(300 / 128), 8, 2) and runner.threads == 384
+    # causal: the 16 (head, sequence) pairs in one wave (their K/V fit in L2), query tiles longest first
+    assert runner.grid == (16, math.ceil(300 / 128), 1) and runner.threads == 384
     assert runner.shared == tiles.shared_memory_bytes(128, 128, 176, 2) == plan.sku.config_dict["shared_memory_bytes"]
     config = plan.sku.config_dict
     assert (config["block_m"], config["block_n"], config["num_warps"], config["stages"]) == (128, 176, 12, 2)
     # d=64: three consumers, 192 query rows, 512 threads
     plan64, runner64 = _runner(attrs.evolve(PLUMBING, head_dim=64, head_dim_v=64))
-    assert runner64.grid == (math.ceil(300 / 192), 8, 2) and runner64.threads == 512
+    assert runner64.grid == (16, math.ceil(300 / 192), 1) and runner64.threads == 512
+    _, classic = _runner(PLUMBING.replace(causal=False))
+    assert classic.grid == (1, math.ceil(300 / 128), 16)          # one pair per wave
     assert plan.sku.kernel.endswith("_sm90a") and "--gpu-architecture=sm_90a" in config["options"]
+
+
+def launch_order(grid: tuple, heads: int) -> list:
+    """The work tiles of a non-persistent grid in the order the hardware hands out its CTAs
+    (blockIdx.x fastest), each as kernels/sm90a/fwd.cu launch_order_tile maps it, restated."""
+    x_size, y_size, z_size = grid
+    order = []
+    for z in range(z_size):
+        for y in range(y_size):
+            for x in range(x_size):
+                pair = z * x_size + x
+                order.append((y_size - 1 - y, pair % heads, pair // heads))
+    return order
+
+
+@pytest.mark.parametrize("heads_q,heads_kv,batch,seqlen,head_dim,causal", [
+    (16, 16, 8, 2048, 128, True), (32, 32, 8, 2048, 64, True), (8, 8, 8, 2048, 256, True),
+    (16, 16, 1, 16384, 128, True), (13, 13, 1, 4096, 128, True), (16, 4, 8, 2048, 128, True),
+    (12, 2, 5, 1000, 192, True), (16, 16, 8, 2048, 128, False), (8, 2, 3, 300, 128, False)])
+def test_launch_order_is_longest_first_across_whole_l2_waves(heads_q, heads_kv, batch, seqlen, head_dim, causal):
+    pairs, group = heads_q * batch, heads_q // heads_kv
+    cap = tiles.l2_wave_pairs(seqlen, head_dim, head_dim, group)
+    per_wave = tiles.wave_pairs(pairs, group, causal, cap)
+    grid = tiles.grid(seqlen, heads_q, batch, 128, 0, per_wave)
+    m_blocks = math.ceil(seqlen / 128)
+    order = launch_order(grid, heads_q)
+    assert sorted(order) == sorted((m, h, b) for m in range(m_blocks) for h in range(heads_q) for b in range(batch))
+    assert grid[1] == m_blocks and grid[1] <= tiles.GRID_YZ_MAX and grid[2] <= tiles.GRID_YZ_MAX
+    waves = [order[i:i + per_wave * m_blocks] for i in range(0, len(order), per_wave * m_blocks)]
+    for wave in waves:
+        work = [m for m, _, _ in wave]
+        assert work == sorted(work, reverse=True)                 # longest first within the wave
+        pair_set = {(h, b) for _, h, b in wave}
+        assert len(pair_set) == per_wave
+    if causal:
+        # whole GQA groups, K/V within the L2 budget, and as many pairs as both allow
+        assert per_wave % group == 0 or per_wave == pairs
+        kv_head_bytes = seqlen * 2 * head_dim * 2                 # K and V of one KV head, shared by its group
+        assert max(per_wave // group, 1) * kv_head_bytes <= max(tiles.WAVE_L2_BYTES, kv_head_bytes)
+        assert all(per_wave >= d for d in range(group, min(cap, pairs) + 1, group) if pairs % d == 0)
+    else:
+        assert per_wave == 1                                      # the classic (query tile, head, batch) order
+        assert order == [(m, h, b) for b in range(batch) for h in range(heads_q) for m in reversed(range(m_blocks))]
+
+
+def test_wave_pairs_respects_the_grid_limit():
+    assert tiles.wave_pairs(200_000, 1, False, 5) == 4            # 50,000 waves fit gridDim.z
+    assert tiles.wave_pairs(131_071, 1, True, 5) == 131_071       # a prime count: one wave, gridDim.x
+    assert tiles.wave_pairs(0, 1, True, 3) == 1
+    with pytest.raises(ValueError, match="do not divide"):
+        tiles.grid(100, 8, 3, 128, 0, 5)
 
 
 def test_maps_are_encoded_from_the_arrays_and_land_in_the_block():
@@ -633,7 +687,7 @@ def test_strided_arrays_become_maps_with_their_strides():
 def test_varlen_maps_hold_every_sequence_as_one_batch_of_packed_rows():
     desc = PLUMBING.replace(layout="thd", batch=3)
     plan, runner = _runner(desc)
-    assert runner.grid == (math.ceil(300 / 128), 8, 3)           # the longest sequence's query tiles
+    assert runner.grid == (24, math.ceil(300 / 128), 1)          # the longest sequence's query tiles
     lengths_q, lengths_kv = [300, 7, 120], [517, 40, 0]
     cu_q, cu_kv = (np.concatenate([[0], np.cumsum(n)]).astype(np.int32) for n in (lengths_q, lengths_kv))
     total_q, total_kv = int(cu_q[-1]), int(cu_kv[-1])
@@ -957,3 +1011,17 @@ def test_the_wgmma_rung_has_no_producer_and_is_gated_like_the_others(monkeypatch
     verdict = explain(GATED, "sm_90").of(NAME)
     assert not verdict.accepted and "not verified on a GPU yet (rung 'wgmma')" in verdict.reasons[0]
     assert explain(GATED, "sm_90", prefer=NAME).of(NAME).accepted
+
+
+def test_launch_order_variable(monkeypatch):
+    causal, dense = PLUMBING, PLUMBING.replace(causal=False)
+    assert tiles.launch_longest_first(causal) and not tiles.launch_longest_first(dense)
+    monkeypatch.setenv(tiles.ORDER_VARIABLE, "classic")
+    assert not tiles.launch_longest_first(causal)
+    _, runner = _runner(causal)
+    assert runner.grid == (1, math.ceil(300 / 128), 16)
+    monkeypatch.setenv(tiles.ORDER_VARIABLE, "waves")
+    assert tiles.launch_longest_first(dense)
+    monkeypatch.setenv(tiles.ORDER_VARIABLE, "lpt")
+    with pytest.raises(ValueError, match="ATTNPLAN_SM90A_ORDER='lpt'.*waves, classic"):
+        tiles.launch_longest_first(causal)

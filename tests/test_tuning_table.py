@@ -20,7 +20,9 @@ RESULTS = REPO / "bench" / "results"
 # The same-run H200 sweeps the shipped sm90.json is generated from (docs/performance.md says how).
 # The planner sweeps the shipped table is made of (docs/performance.md): every one but those a later
 # sweep of the same problems replaced (the sm90a forward of 2026-12-01, before its tiles were measured).
-SUPERSEDED = {"2026-12-01-h200-planner-sm90a-forward.json"}
+# Sweeps of sm90a kernels since changed (the launch order): the newest same-run sweep replaces them.
+SUPERSEDED = {"2026-12-01-h200-planner-sm90a-forward.json", "2026-12-02-h200-planner-sm90a-forward.json",
+              "2026-12-02-h200-planner-sm90a-forward-2.json"}
 SHIPPED_SOURCES = sorted(p for p in RESULTS.glob("2026-12-0*-h200-planner-*.json") if p.name not in SUPERSEDED)
 SM90 = Device.cuda(arch=90)
 # The installed-wheel run of CI copies tests/ alone: the results files are not beside it there.

@@ -22,7 +22,7 @@
 // work order (sm90a/tile_scheduler.cuh), the PTX wrappers (sm90a/ptx.cuh) and wgmma layouts
 // (sm90a/layouts.cuh), and the headers every generation shares (mask.cuh, softmax.cuh, common/).
 //
-// Launch (backends/nvrtc/sm90a/runner.py): grid (ceil(seqlen_q / BLOCK_M), heads_q, batch), or for
+// Launch (backends/nvrtc/sm90a/runner.py): grid (pairs per wave, ceil(seqlen_q / BLOCK_M), waves), or for
 // "persistent" (min(work tiles, SMs), 1, 1); 384 threads, kSmemBytes of dynamic shared memory.  The
 // runtime prepends `struct FwdParams` (the standard fields plus four CUtensorMaps: q_map, k_map,
 // v_map, o_map; backends/nvrtc/sm90a/__init__.py), passed as one __grid_constant__ parameter so that
@@ -38,8 +38,8 @@
 namespace attn {
 namespace sm90a {
 
-// The CTA's work tiles.  Without a persistent grid: one, its grid coordinate (heaviest first).  In a
-// persistent grid (rung "persistent"): work indices in tile_scheduler.cuh's order, handed out
+// The CTA's work tiles.  Without a persistent grid: one, its grid coordinate (launch_order_tile).  In a
+// persistent grid (rungs "persistent", "pingpong_persistent"): work indices in tile_scheduler.cuh's order, handed out
 // dynamically -- the CTA's first is blockIdx.x, each next one gridDim.x + atomicAdd(p.tile_counter, 1)
 // (the runner zeroes the counter before each launch), so that a CTA that finishes early takes the
 // next tile: Graham's list schedule over the longest-first order.  The producer thread draws the
@@ -66,6 +66,20 @@ struct WorkQueue {
     return TileCoord{t.m_block, t.head, t.batch};
   }
 };
+
+// A grid of one CTA per work tile (every rung but the persistent ones) is (pairs per wave, query tiles,
+// waves) over (head, sequence) pairs p = blockIdx.z * gridDim.x + blockIdx.x (backends/nvrtc/sm90a/
+// tiles.py grid).  The hardware hands CTAs to free SMs in launch order, blockIdx.x fastest, so all
+// pairs of a wave start query tile m before any starts m - 1, longest first: with causal masking the
+// host makes waves of as many pairs as fit in L2 (tiles.py wave_pairs), and the last query tiles,
+// which see the most keys, start first across the wave, not only within each pair; without it one
+// pair per wave gives the classic (query tile, head, batch) order.  The order costs the CTA one
+// division (by the head count), where the persistent queue's index math costs several.
+__device__ __forceinline__ TileCoord launch_order_tile(const FwdParams& p) {
+  const int pair = static_cast<int>(blockIdx.z * gridDim.x + blockIdx.x);
+  const int heads = static_cast<int>(p.heads_q);
+  return TileCoord{static_cast<int>(gridDim.y - 1 - blockIdx.y), pair % heads, pair / heads};
+}
 
 __device__ __forceinline__ int next_work_index(const FwdParams& p) {
   return static_cast<int>(gridDim.x) + atomicAdd(static_cast<int*>(p.tile_counter), 1);
@@ -136,7 +150,7 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
     TileWork w;
     Sequence seq;
     MaskInfo mask;
-    if (work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask))
+    if (work_of(p, launch_order_tile(p), 0, 0, w, seq, mask))
       consume_work(p, smem, w, seq, mask, static_cast<int>(threadIdx.x) / kWarpgroupThreads,
                    static_cast<int>(threadIdx.x) % kWarpgroupThreads);
     return;
@@ -160,7 +174,7 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
     Producer producer{static_cast<int>(threadIdx.x), 0};
     if (producer.leader()) prefetch_tensor_maps(p);
     if constexpr (!kPersistentGrid) {
-      if (!work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask)) return;
+      if (!work_of(p, launch_order_tile(p), 0, 0, w, seq, mask)) return;
       load_tiles(p, smem, w, seq, producer);
       return;
     }
@@ -188,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(attn::sm90a::kThreads, 1)
   const int consumer = warpgroup - 1;
   const int thread = static_cast<int>(threadIdx.x) % kWarpgroupThreads;
   if constexpr (!kPersistentGrid) {
-    if (work_of(p, heaviest_first_tile(), 0, 0, w, seq, mask)) consume_work(p, smem, w, seq, mask, consumer, thread);
+    if (work_of(p, launch_order_tile(p), 0, 0, w, seq, mask)) consume_work(p, smem, w, seq, mask, consumer, thread);
     return;
   }
   const WorkQueue queue = WorkQueue::of(p);

@@ -1,6 +1,6 @@
 """The sm90a forward at run time: the parameter block with its four TMA maps, and the launch.
 
-Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (ceil(seqlen_q / block_m), heads_q, batch) or the
+Kernel (kernels/sm90a/fwd.cu): attn_fwd_kernel, grid (pairs per wave, ceil(seqlen_q / block_m), waves) or the
 persistent rung's (min(work tiles, SMs), 1, 1), tiles.num_warps(block_m, rung) * 32 threads (384 for two
 consumers and the producer; 512 with three, block_m 192; rung "wgmma" has no producer: 256 / 384),
 one parameter: `FwdParams` (the standard fields + q_map, k_map, v_map, o_map, and tile_counter: the
@@ -101,7 +101,10 @@ class ForwardRunner:
         self.desc, self.key, self.cubin, self.device, self.struct = desc, key, cubin, device, struct
         self.shared = shared["shared_memory_bytes"]
         persistent = _sm_count(device) if key.rung in tiles.PERSISTENT_RUNGS else 0
-        self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m, persistent)
+        group = desc.heads_q // desc.heads_kv
+        per_wave = tiles.wave_pairs(desc.heads_q * desc.batch, group, tiles.launch_longest_first(desc),
+                                    tiles.l2_wave_pairs(desc.seqlen_kv, desc.head_dim, desc.head_dim_v, group))
+        self.grid = tiles.grid(desc.seqlen_q, desc.heads_q, desc.batch, key.tiles.block_m, persistent, per_wave)
         self.threads = key.tiles.num_warps * 32
         self.driver = None                   # None: cuda.bindings (tests put a fake here)
         self._kernel = None

@@ -255,11 +255,66 @@ def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
         raise ValueError(f"sm90a rung {rung!r} holds K_k and V_(k-1) at once: stages must be 2 or more, not {stages}")
 
 
-def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int, persistent_ctas: int = 0
+# The CUDA limit on gridDim.y and gridDim.z.
+GRID_YZ_MAX = 65535
+# A wave's K and V stay within this much L2 (kernels/sm90a/fwd_config.cuh kWaveL2Bytes): half the
+# H100 / H200's 50 MB, so that the wave's tiles and what other traffic there is fit together.
+WAVE_L2_BYTES = 24 << 20
+
+
+def l2_wave_pairs(seqlen_kv: int, head_dim: int, head_dim_v: int, group: int, dtype_bytes: int = 2) -> int:
+    """The most (head, sequence) pairs of a wave whose K and V fit in WAVE_L2_BYTES: whole GQA groups
+    (`group` query heads share one KV head's K/V), at least one (as kernels/sm90a/tile_scheduler.cuh
+    l2_wave_pairs does for the persistent queue)."""
+    kv_bytes = max(seqlen_kv, 1) * (head_dim + head_dim_v) * dtype_bytes
+    return max(1, WAVE_L2_BYTES // kv_bytes) * group
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def wave_pairs(pairs: int, group: int, longest_first: bool, cap: int) -> int:
+    """The pairs per wave of a grid of one CTA per work tile (kernels/sm90a/fwd.cu launch_order_tile):
+    a divisor of `pairs`, so that every wave is whole, and at least pairs / GRID_YZ_MAX (the waves are
+    gridDim.z).  `longest_first` (causal masking: the work per query tile grows with the tile): the
+    largest such divisor within `cap` (the pairs whose K/V fit in L2) in whole GQA groups of `group`,
+    so that the longest query tiles start first across a wave.  Otherwise the smallest: one pair per
+    wave where the limit allows, the (query tile, head, batch) order."""
+    if pairs <= 0:
+        return 1
+    least = -(-pairs // GRID_YZ_MAX)
+    fitting = [d for d in _divisors(pairs) if d >= least]
+    if not longest_first:
+        return fitting[0]
+    within = [d for d in fitting if d % group == 0 and d <= max(cap, group)]
+    return within[-1] if within else fitting[0]
+
+
+ORDER_VARIABLE = "ATTNPLAN_SM90A_ORDER"
+ORDERS = ("waves", "classic")
+
+
+def launch_longest_first(desc: AttentionDescriptor) -> bool:
+    """Whether a grid of one CTA per tile runs longest first across waves of pairs ("waves", what
+    causal problems get) or one pair at a time ("classic", what the others get): the default, or
+    what $ATTNPLAN_SM90A_ORDER names (an A/B, like $ATTNPLAN_SM90A_RUNG).  ValueError for a name
+    it does not know."""
+    named = os.environ.get(ORDER_VARIABLE, "").strip()
+    if named and named not in ORDERS:
+        raise ValueError(f"{ORDER_VARIABLE}={named!r}: the sm90a launch orders are {', '.join(ORDERS)}")
+    return named == "waves" if named else desc.causal
+
+
+def grid(seqlen_q: int, heads_q: int, batch: int, block_m: int, persistent_ctas: int = 0, pairs_per_wave: int = 1
          ) -> tuple[int, int, int]:
-    """One CTA per work tile, or with `persistent_ctas` (the SM count) a persistent grid of at most that
-    many CTAs, each walking work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (fwd.cu WorkSchedule)."""
-    work = (math.ceil(seqlen_q / block_m), heads_q, batch)
+    """One CTA per work tile as (pairs per wave, query tiles, waves) (fwd.cu launch_order_tile), or with
+    `persistent_ctas` (the SM count) a persistent grid of at most that many CTAs, each walking work
+    tiles blockIdx.x, blockIdx.x + gridDim.x, ... (fwd.cu WorkQueue)."""
+    m_blocks, pairs = math.ceil(seqlen_q / block_m), heads_q * batch
     if persistent_ctas:
-        return (max(1, min(work[0] * heads_q * batch, persistent_ctas)), 1, 1)
-    return work
+        return (max(1, min(m_blocks * pairs, persistent_ctas)), 1, 1)
+    if pairs % pairs_per_wave:
+        raise ValueError(f"{pairs_per_wave} pairs per wave do not divide {pairs} (head, sequence) pairs")
+    return (pairs_per_wave, m_blocks, pairs // pairs_per_wave)
