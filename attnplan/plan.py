@@ -21,6 +21,7 @@ from .policy import DEFAULT_POLICY, Candidate, Ranking, rank, resolve_policy
 from .sku import KernelSku
 from .tuning import autotune
 from .tuning.table import table_for, table_name
+from .value_checks import check_mode, device_check_reason
 
 
 @attrs.frozen
@@ -183,6 +184,10 @@ class Plan:
     def __init__(self, desc: AttentionDescriptor, device: Device, backend: Backend, executable: Executable):
         self.desc, self.device, self.backend, self._executable = desc, device, backend, executable
         self.verdicts: Optional[Verdicts] = None        # set by select: every verdict and why this plan
+        # The device-side index check (backends/index_guard.py): why there is none ("" where there is
+        # one), and the guard, made at the first run that uses it.
+        self.device_check_reason = device_check_reason(desc, device)
+        self._guard = None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -234,16 +239,41 @@ class Plan:
 
     @property
     def workspace_size(self) -> int:
-        return self._executable.workspace_size
+        """Bytes a caller's `workspace=` must hold: the kernels' own, then (for a GPU plan that takes
+        index arguments) the device-side index check's status word and safe copies."""
+        if self.device_check_reason:
+            return self._executable.workspace_size
+        from attnplan.backends import index_guard
+        return self._guard_offset() + index_guard.scratch_bytes(self.desc)
+
+    def _guard_offset(self) -> int:
+        from attnplan.backends import index_guard
+        align = index_guard.ALIGN
+        return (self._executable.workspace_size + align - 1) // align * align
+
+    def _device_guard(self):
+        if self._guard is None:
+            from attnplan.backends import index_guard
+            self._guard = index_guard.IndexGuard(self.desc, self.device.index, self.device.arch,
+                                                 self._guard_offset())
+        return self._guard
+
+    def check(self) -> None:
+        """Wait for the device-side index checks of the runs so far (every stream they ran on) and
+        raise InvalidArguments naming the first argument one of them found broken; nothing to do
+        where no run checked on the device."""
+        if self._guard is not None:
+            self._guard.check()
 
     def __repr__(self) -> str:
         return f"Plan({self.sku.backend}:{self.sku.kernel} on {self.device})"
 
     # -- running -----------------------------------------------------------------------------
 
-    def can_implement(self, check_values: bool = True, **args) -> BoundArguments:
-        """Check the arguments against the plan; raise InvalidArguments naming the culprit."""
-        return self._bind(args, check_values)
+    def can_implement(self, check_values=True, **args) -> BoundArguments:
+        """Check the arguments against the plan; raise InvalidArguments naming the culprit.  The index
+        values are read on the host unless `check_values` is False or "device" (nothing runs here)."""
+        return self._bind(args, check_mode(check_values) in ("auto", "host"))
 
     def _bind(self, args: dict, check_values: bool) -> BoundArguments:
         bound = bind_arguments(self.desc, args, check_values=check_values)
@@ -260,10 +290,19 @@ class Plan:
                                                 f"the plan needs {self.workspace_size}")
         return bound
 
-    def run(self, check_values: bool = True, **args):
+    def run(self, check_values=True, **args):
         """Forward: returns AttentionResult(out, lse).  Backward: (dq, dk, dv[, dsink_logits]).
-        Outputs come back in the caller's array type."""
-        bound = self._bind(args, check_values)
+        Outputs come back in the caller's array type.  `check_values`: where the index arguments'
+        values are checked (attnplan/value_checks.py): True (on the device for a GPU plan, which
+        reports a broken one by a later run or by `check()`; else on the host), "device", "host",
+        or False."""
+        mode = check_mode(check_values)
+        on_device = mode in ("auto", "device") and not self.device_check_reason
+        if mode == "device" and not on_device:
+            raise InvalidArguments("check_values", f"'device' is not possible for this plan: {self.device_check_reason}")
+        bound = self._bind(args, mode == "host" or (mode == "auto" and not on_device))
+        if on_device:
+            self._device_guard().apply(bound)
         if self.desc.direction == "backward":
             return self._run_backward(bound)
         desc, q = self.desc, bound.q

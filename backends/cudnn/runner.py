@@ -18,6 +18,7 @@ from attnplan.streams import stream_handle
 from ..workspaces import StreamWorkspaces
 
 from . import library
+from .index_arrays import IndexArrays
 from .graphs import FP8_AMAX, FP8_INPUT_SCALES, GRAPHS, SOFTMAX_SCALE, BuiltGraph, GraphUnsupported
 from .mapping import Geometry, bias_strides, make_geometry
 
@@ -81,6 +82,7 @@ class CudnnRunner:
     def __init__(self, desc: AttentionDescriptor, canonical: BuiltGraph, plan_name: Optional[str] = None):
         self.desc, self.canonical, self.plan_name = desc, canonical, plan_name
         self.workspaces = StreamWorkspaces()       # one per (device, stream), kept between calls
+        self._index_arrays = IndexArrays(desc.batch)
         self._constants: dict = {}
         self._checked = LayoutCache()
         self._graphs = LayoutCache()        # argument signature -> BuiltGraph
@@ -132,12 +134,15 @@ class CudnnRunner:
             self._constants[key] = cupy.full(self.desc.batch, value, dtype=cupy.int32)
         return self._constants[key]
 
-    def _index_pointers(self, cupy, bound, built: BuiltGraph, keep: list) -> dict:
-        """Pointers of sequence lengths, ragged offsets, page tables, dropout seed, sink logits."""
+    def _index_pointers(self, cupy, bound, built: BuiltGraph, keep: list, stream: int) -> dict:
+        """Pointers of sequence lengths, ragged offsets, page tables, dropout seed, sink logits: the
+        lengths and offsets computed in place in this stream's kept buffer (index_arrays.py)."""
         desc, ptrs = self.desc, {}
+        device_index = bound.q.device_index
+        kept = self._index_arrays.views(cupy, device_index, stream, len(built.offsets))
 
         def contiguous(t):
-            array = cupy.ascontiguousarray(t.data)
+            array = cupy.ascontiguousarray(t.data)      # index arrays are contiguous: no copy
             keep.append(array)
             return array
 
@@ -145,29 +150,23 @@ class CudnnRunner:
         cu_kv = contiguous(bound.cu_seqlens_kv) if desc.varlen and desc.paged is None else None
         if "seq_q" in built.uids:
             if cu_q is not None:
-                seq_q = (cu_q[1:] - cu_q[:-1]).astype(cupy.int32)
+                seq_q = cupy.subtract(cu_q[1:], cu_q[:-1], out=kept["seq_q"])
             else:
-                seq_q = self._constant_lengths(cupy, bound.q.device_index, desc.seqlen_q)
+                seq_q = self._constant_lengths(cupy, device_index, desc.seqlen_q)
             if desc.paged is not None:
                 seq_kv = contiguous(bound.seqlens_kv)
             elif cu_kv is not None:
-                seq_kv = (cu_kv[1:] - cu_kv[:-1]).astype(cupy.int32)
+                seq_kv = cupy.subtract(cu_kv[1:], cu_kv[:-1], out=kept["seq_kv"])
             else:
-                seq_kv = self._constant_lengths(cupy, bound.q.device_index, desc.seqlen_kv)
-            keep += [seq_q, seq_kv]
+                seq_kv = self._constant_lengths(cupy, device_index, desc.seqlen_kv)
             ptrs["seq_q"], ptrs["seq_kv"] = seq_q.data.ptr, seq_kv.data.ptr
-        for key, side, stride in built.offsets:
-            cu = cu_q if side == "q" else cu_kv
-            offsets = (cu.astype(cupy.int64) * stride).astype(cupy.int32)
-            keep.append(offsets)
-            ptrs[key] = offsets.data.ptr
+        for (key, side, stride), offsets in zip(built.offsets, kept["offsets"]):
+            cu = cu_q if side == "q" else cu_kv        # within int32: _check_layout bounds rows x stride
+            ptrs[key] = cupy.multiply(cu, np.int32(stride), out=offsets).data.ptr
         if desc.paged is not None and "table_k" in built.uids:
             ptrs["table_k"] = ptrs["table_v"] = bound.block_table.ptr
         if desc.dropout_p > 0:
-            seed = cupy.asarray(np.array([bound.dropout_seed], dtype=np.uint64).view(np.int64))
-            offset = cupy.zeros(1, dtype=cupy.int64)
-            keep += [seed, offset]
-            ptrs["seed"], ptrs["rng_offset"] = seed.data.ptr, offset.data.ptr
+            ptrs["seed"], ptrs["rng_offset"] = self._index_arrays.seed_pointers(cupy, kept, bound.dropout_seed, stream)
         if desc.sink_logits:
             ptrs["sink"] = contiguous(bound.sink_logits).data.ptr
         if desc.bias:
@@ -236,7 +235,7 @@ class CudnnRunner:
         keep: list = []
         with on_device(cupy, device_index), on_stream(cupy, stream, device_index):
             ptrs = {"q": bound.q.ptr, "k": bound.k.ptr, "v": bound.v.ptr, "o": out.ptr}
-            ptrs.update(self._index_pointers(cupy, bound, built, keep))
+            ptrs.update(self._index_pointers(cupy, bound, built, keep, stream))
             if desc.is_fp8:
                 ptrs.update(self._fp8_pointers(cupy, bound, device_index))
             stats = None                    # a separate stats buffer, where the LSE cannot take cuDNN's layout
@@ -273,7 +272,7 @@ class CudnnRunner:
         keep: list = []
         with on_device(cupy, device_index), on_stream(cupy, stream, device_index):
             ptrs = {role: t.ptr for role, t in tensors.items()}
-            ptrs.update(self._index_pointers(cupy, bound, built, keep))
+            ptrs.update(self._index_pointers(cupy, bound, built, keep, stream))
             lse = bound.lse.data
             if desc.layout == "thd":
                 stats = cupy.zeros((desc.batch, desc.heads_q, desc.seqlen_q), cupy.float32)
