@@ -188,6 +188,7 @@ class Plan:
         # one), and the guard, made at the first run that uses it.
         self.device_check_reason = device_check_reason(desc, device)
         self._guard = None
+        self._reference: Optional[Executable] = None     # empty packed totals run on it (_empty_totals)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -306,18 +307,34 @@ class Plan:
         if self.desc.direction == "backward":
             return self._run_backward(bound)
         desc, q = self.desc, bound.q
+        executable = self._reference_executable() if self._empty_totals(bound) else self._executable
         out = bound.out
         if out is None:
             out = wrap_storage(empty(q.shape[:-1] + (desc.head_dim_v,), desc.out_dtype, q), desc.out_dtype)
         lse = bound.lse
         if lse is None and desc.return_lse:
             lse = wrap_storage(empty(lse_shape(desc, q.shape[0]), lse_dtype(desc.dtype), q), lse_dtype(desc.dtype))
-        self._executable.forward(bound, out, lse)
+        executable.forward(bound, out, lse)
         result_out = args["out"] if args.get("out") is not None else to_caller(out.data, out.dtype, q)
         result_lse = None
         if lse is not None:
             result_lse = args["lse"] if args.get("lse") is not None else to_caller(lse.data, lse.dtype, q)
         return AttentionResult(result_out, result_lse)
+
+    def _empty_totals(self, bound: BoundArguments) -> bool:
+        """Whether packed (thd) queries or keys hold no rows at all: nothing for a kernel to map
+        (an empty array has no strides a TMA map or a cuDNN graph takes)."""
+        if self.desc.layout != "thd" or self.backend.name == "reference":
+            return False
+        return bound.q.shape[0] == 0 or (self.desc.paged is None and bound.k.shape[0] == 0)
+
+    def _reference_executable(self) -> Executable:
+        """The reference's build of this descriptor on this device: what empty totals run on (their
+        outputs are defined, docs/semantics.md: no rows, or rows with no visible key), the same
+        arrays in and out; made once."""
+        if self._reference is None:
+            self._reference = registry.get("reference").build(self.desc, self.device)
+        return self._reference
 
     def _run_backward(self, bound: BoundArguments):
         desc, q = self.desc, bound.q
@@ -325,7 +342,8 @@ class Plan:
         dk = wrap_storage(empty(bound.k.shape, desc.dtype, q), desc.dtype)
         dv = wrap_storage(empty(bound.v.shape, desc.dtype, q), desc.dtype)
         dsink = wrap_storage(empty((desc.heads_q,), "f32", q), "f32") if desc.sink_logits else None
-        self._executable.backward(bound, dq, dk, dv, dsink)
+        executable = self._reference_executable() if self._empty_totals(bound) else self._executable
+        executable.backward(bound, dq, dk, dv, dsink)
         grads = tuple(to_caller(t.data, t.dtype, q) for t in (dq, dk, dv))
         if dsink is not None:
             grads += (to_caller(dsink.data, "f32", q),)

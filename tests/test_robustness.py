@@ -796,3 +796,38 @@ def test_install_hints_name_what_really_installs():
         for reason in registry.get(name).availability(AttentionDescriptor(batch=1, seqlen_q=8, seqlen_kv=8, heads_q=1,
                                                                             heads_kv=1, head_dim=64), Device.cuda(arch=90)):
             assert "pip install attnplan" not in reason, (name, reason)
+
+
+def test_empty_packed_totals_run_on_the_reference_with_defined_outputs(monkeypatch):
+    """GPU fuzz (2026-12-02, H200): varlen with no query rows (or no key rows) reached the kernels,
+    whose TMA maps and cuDNN graphs cannot take an empty array's strides; such a call now runs on the
+    reference build of the same descriptor."""
+    from attnplan import AttentionDescriptor, Plan
+    from attnplan.backends.reference import ReferenceBackend
+    desc = AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1, head_dim=8, dtype="f32",
+                               layout="thd", return_lse=True)
+    plan = Plan.select(desc, "cpu")
+    calls = []
+
+    class Kernel:                       # a stand-in for a GPU backend's executable
+        forward = staticmethod(lambda *a: calls.append("kernel"))
+        check_arguments = None
+        workspace_size = 0
+
+    monkeypatch.setattr(plan, "_executable", Kernel())
+    monkeypatch.setattr(plan, "backend", type("B", (), {"name": "nvrtc.sm90a"})())
+    empty_q = {"q": np.zeros((0, 1, 8), np.float32), "k": np.ones((1, 1, 8), np.float32),
+               "v": np.ones((1, 1, 8), np.float32), "cu_seqlens_q": np.array([0, 0], np.int32),
+               "cu_seqlens_kv": np.array([0, 1], np.int32)}
+    result = plan.run(**empty_q)
+    assert result.out.shape == (0, 1, 8) and result.lse.shape == (1, 0) and calls == []
+    empty_kv = {**empty_q, "q": np.ones((1, 1, 8), np.float32), "k": np.zeros((0, 1, 8), np.float32),
+                "v": np.zeros((0, 1, 8), np.float32), "cu_seqlens_q": np.array([0, 1], np.int32),
+                "cu_seqlens_kv": np.array([0, 0], np.int32)}
+    result = plan.run(**empty_kv)
+    assert calls == [] and (result.out == 0).all() and np.isneginf(result.lse).all()
+    assert isinstance(plan._reference, type(ReferenceBackend().build(desc, plan.device)))
+    full = {**empty_kv, "k": np.ones((1, 1, 8), np.float32), "v": np.ones((1, 1, 8), np.float32),
+            "cu_seqlens_kv": np.array([0, 1], np.int32)}
+    plan.run(**full)
+    assert calls == ["kernel"]

@@ -138,3 +138,23 @@ def test_cudnn_keeps_its_dropout_seed_on_the_device():
     out, lse = poisoned_outputs(desc, args)
     calls = _count_allocations(lambda: plan.run(out=out, lse=lse, dropout_seed=11, **args))
     assert calls == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("empty", ["q", "kv"])
+def test_empty_packed_totals(backend, empty):
+    """The GPU fuzz's first failures (2026-12-02): varlen with no query rows, or no key rows."""
+    import cupy
+    desc = AttentionDescriptor(batch=1, seqlen_q=1, seqlen_kv=1, heads_q=1, heads_kv=1, head_dim=64, dtype="f16",
+                               layout="thd", return_lse=True)
+    plan, device = _plan(desc, backend)
+    rows_q, rows_kv = (0, 1) if empty == "q" else (1, 0)
+    q, kv = cupy.ones((rows_q, 1, 64), cupy.float16), cupy.ones((rows_kv, 1, 64), cupy.float16)
+    args = {"q": q, "k": kv, "v": kv.copy(),
+            "cu_seqlens_q": cupy.array([0, rows_q], cupy.int32), "cu_seqlens_kv": cupy.array([0, rows_kv], cupy.int32)}
+    result = plan.run(**args)
+    out, lse = result.out, result.lse
+    assert out.shape == (rows_q, 1, 64) and lse.shape == (1, rows_q)
+    if rows_q:
+        assert bool((out == 0).all()) and bool(cupy.isneginf(lse).all())
+    plan.check()
