@@ -11,14 +11,7 @@
 //     num_pages); the entries past them are never read.
 #pragma once
 
-#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
-#ifndef __host__
-#define __host__
-#endif
-#ifndef __device__
-#define __device__
-#endif
-#endif
+#include "common/host_device.cuh"
 
 namespace attn {
 

@@ -10,7 +10,7 @@
 // All shapes are for 16-bit operands (f16, bf16) with f32 accumulation: m64nNk16.
 #pragma once
 
-#include "sm90a/host_device.cuh"
+#include "common/host_device.cuh"
 
 namespace attn {
 namespace sm90a {

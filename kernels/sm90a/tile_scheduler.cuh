@@ -21,7 +21,7 @@
 // Equal sequence lengths are assumed (dense layouts); varlen problems need per-sequence costs.
 #pragma once
 
-#include "sm90a/host_device.cuh"
+#include "common/host_device.cuh"
 
 namespace attn {
 namespace sm90a {

@@ -1,5 +1,6 @@
-// Lets the sm90a index-math headers (layouts.cuh, tile_scheduler.cuh) compile as plain C++ too, so a
-// host program built with g++ can print and check every layout they define (tests/sm90a_host/).
+// Lets the index-math headers (sm90a/layouts.cuh, sm90a/tile_scheduler.cuh, common/index_rules.cuh)
+// compile as plain C++ too, so that host programs built with g++ can print and check what they
+// define (tests/sm90a_host/, tests/host/).
 // Under nvcc or NVRTC the CUDA qualifiers keep their meaning; elsewhere they are defined away.
 #pragma once
 
