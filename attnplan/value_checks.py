@@ -20,11 +20,9 @@ from .descriptor import AttentionDescriptor
 from .device import Device
 from .errors import InvalidArguments
 
-MODES = ("auto", "device", "host", "off")
-
-
 def check_mode(value) -> str:
-    """The mode `check_values=value` names; InvalidArguments naming check_values otherwise."""
+    """The mode `check_values=value` names ("auto", "device", "host" or "off"); InvalidArguments
+    naming check_values otherwise."""
     if isinstance(value, (bool, np.bool_)):
         return "auto" if value else "off"
     if isinstance(value, str) and value in ("device", "host"):
@@ -49,4 +47,4 @@ def device_check_reason(desc: AttentionDescriptor, device: Device) -> str:
     return _device_reason(device.arch)
 
 
-__all__ = ["MODES", "check_mode", "device_check_reason"]
+__all__ = ["check_mode", "device_check_reason"]

@@ -84,6 +84,7 @@ class Scratch:
     size: int
 
 
+@functools.lru_cache(maxsize=256)
 def scratch_layout(desc: AttentionDescriptor, table_row_stride: Optional[int] = None) -> Scratch:
     """Where the copies go.  A block table copy keeps the caller's row stride (up to
     `table_row_stride`, by default the row length), so that its strides equal the caller's."""
@@ -179,7 +180,7 @@ class _StreamState:
     pinned: object           # a numpy uint32[1] view of pinned host memory: the status word's copy
     owner: object            # keeps the pinned memory alive
     event: object            # recorded after each copy (not while a CUDA graph capture holds the stream)
-    views: dict              # (name, base) -> the Tensor of a safe copy
+    views: dict              # (address, shape, strides) -> the Tensor of a safe copy
     recorded: bool = False   # whether `event` marks a copy check() can wait for
 
 
@@ -250,11 +251,13 @@ class IndexGuard:
         runtime.copy_word(state.pinned, base, stream)
         state.recorded = runtime.record(state.event, stream) or state.recorded
         for name in self.names:
-            view = state.views.get((name, base))
+            given = getattr(bound, name)
+            # The copy's place depends on the block table's row stride, so a view is one of (address,
+            # shape, strides): a kept buffer can serve calls whose tables are laid out differently.
+            key = (base + getattr(scratch, name), tuple(given.shape), tuple(given.strides))
+            view = state.views.get(key)
             if view is None:
-                view = state.views[(name, base)] = runtime.int32_view(base + getattr(scratch, name),
-                                                                      getattr(bound, name).shape,
-                                                                      getattr(bound, name).strides, name)
+                view = state.views[key] = runtime.int32_view(*key, name)
             setattr(bound, name, view)
 
 

@@ -325,3 +325,18 @@ def test_plans_say_where_they_check_and_count_the_scratch():
         host.run(**bad)                                 # a host plan checks on the host, at once
     assert host.run(**args).out.shape == (10, 2, 8)
     host.check()                                        # no device check ran: nothing to report
+
+
+def test_a_kept_buffer_serves_tables_of_different_row_strides():
+    # One stream, two calls: the second table has padded rows, so its copy lies elsewhere in the scratch
+    # with other strides; the view the kernels read must be the second call's, not a kept first one.
+    guard, runtime = _guard()
+    wide = np.zeros((3, 7), np.int32)
+    first = _paged_bound(PAGED)
+    guard.apply(first)
+    second = _paged_bound(PAGED, table=wide[:, :4])
+    guard.apply(second)
+    values = runtime.calls[-2][2]
+    assert values["table_row_stride"] == 7 and second.block_table.strides == (7, 1)
+    assert second.block_table.ptr == values["block_table_safe"]
+    assert first.block_table.strides == (4, 1)

@@ -264,8 +264,9 @@ WAVE_L2_BYTES = 24 << 20
 
 def l2_wave_pairs(seqlen_kv: int, head_dim: int, head_dim_v: int, group: int, dtype_bytes: int = 2) -> int:
     """The most (head, sequence) pairs of a wave whose K and V fit in WAVE_L2_BYTES: whole GQA groups
-    (`group` query heads share one KV head's K/V), at least one (as kernels/sm90a/tile_scheduler.cuh
-    l2_wave_pairs does for the persistent queue)."""
+    (`group` query heads share one KV head's K/V), at least one.  Counted at the real head dims (the
+    bytes K and V hold in memory); the persistent queue's kernel-side twin (kernels/sm90a/
+    tile_scheduler.cuh l2_wave_pairs) counts the padded head dim for both."""
     kv_bytes = max(seqlen_kv, 1) * (head_dim + head_dim_v) * dtype_bytes
     return max(1, WAVE_L2_BYTES // kv_bytes) * group
 
