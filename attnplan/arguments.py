@@ -25,7 +25,9 @@ FORWARD_ARGUMENTS = ("q", "k", "v", "out", "lse", "alibi_slopes", "bias", "sink_
 # are their stored values times descale_*; an fp8 `out` stores O * scale_o; amax_o receives max|O|.
 FP8_SCALE_ARGUMENTS = ("descale_q", "descale_k", "descale_v", "scale_o", "amax_o")
 FORWARD_ARGUMENTS += FP8_SCALE_ARGUMENTS
-BACKWARD_ARGUMENTS = FORWARD_ARGUMENTS + ("dout",)
+# The backward's own inputs, then its outputs, which a caller may give (like the forward's out / lse).
+GRADIENT_OUTPUTS = ("dq", "dk", "dv", "dsink_logits")
+BACKWARD_ARGUMENTS = FORWARD_ARGUMENTS + ("dout",) + GRADIENT_OUTPUTS
 _INDEX_ARGUMENTS = ("cu_seqlens_q", "cu_seqlens_kv", "block_table", "seqlens_kv")
 
 
@@ -40,6 +42,10 @@ class BoundArguments:
     out: Optional[Tensor] = None
     lse: Optional[Tensor] = None
     dout: Optional[Tensor] = None
+    dq: Optional[Tensor] = None
+    dk: Optional[Tensor] = None
+    dv: Optional[Tensor] = None
+    dsink_logits: Optional[Tensor] = None
     alibi_slopes: Optional[Tensor] = None
     bias: Optional[Tensor] = None
     sink_logits: Optional[Tensor] = None
@@ -86,6 +92,10 @@ def expected_shapes(desc: AttentionDescriptor) -> dict[str, tuple]:
         "v": kv_dims + (desc.head_dim_v,),
         "out": q_dims + (desc.head_dim_v,),
         "dout": q_dims + (desc.head_dim_v,),
+        "dq": q_dims + (desc.head_dim,),
+        "dk": kv_dims + (desc.head_dim,),
+        "dv": kv_dims + (desc.head_dim_v,),
+        "dsink_logits": (desc.heads_q,),
         "lse": (desc.heads_q, None) if desc.layout == "thd" else (desc.batch, desc.heads_q, desc.seqlen_q),
         "sink_logits": (desc.heads_q,),
         "cu_seqlens_q": (desc.batch + 1,),
@@ -144,6 +154,7 @@ def _required(desc: AttentionDescriptor, direction: str) -> dict[str, bool]:
         "out": direction == "backward",
         "lse": direction == "backward",
         "dout": direction == "backward",
+        "dsink_logits": False,
     }
 
 
@@ -163,7 +174,8 @@ def _rules(desc: AttentionDescriptor) -> _Rules:
     allowed = BACKWARD_ARGUMENTS if desc.direction == "backward" else FORWARD_ARGUMENTS
     out_dt, lse_dt = desc.out_dtype, lse_dtype(desc.dtype)
     dtypes = {"q": (desc.dtype,), "k": (desc.dtype,), "v": (desc.dtype,), "out": (out_dt,),
-              "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",),
+              "dout": (out_dt,), "lse": (lse_dt,), "sink_logits": ("f32",), "dsink_logits": ("f32",),
+              "dq": (desc.dtype,), "dk": (desc.dtype,), "dv": (desc.dtype,),
               "cu_seqlens_q": ("i32",), "cu_seqlens_kv": ("i32",), "block_table": ("i32",),
               "seqlens_kv": ("i32",), **{name: ("f32",) for name in FP8_SCALE_ARGUMENTS}}
     return _Rules(allowed, frozenset(allowed), _required(desc, desc.direction), expected_shapes(desc), dtypes)
@@ -235,7 +247,7 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
         given = kwargs.get(name) is not None
         if needed and not given:
             raise InvalidArguments(name, f"is required for this descriptor ({_why_required(name, desc)})")
-        if given and not needed and name not in ("out", "lse"):
+        if given and not needed and name not in ("out", "lse") and not (name == "dsink_logits" and desc.sink_logits):
             raise InvalidArguments(name, f"is given but the descriptor does not use it ({_why_required(name, desc)})")
     fp8_out = desc.out_dtype in FP8_DTYPES
     for name in FP8_SCALE_ARGUMENTS:
@@ -249,14 +261,16 @@ def _collect_checked(desc: AttentionDescriptor, kwargs: dict) -> dict:
     on_cuda, index = q.is_cuda, q.device_index
     shapes, dtypes = rules.shapes, rules.dtypes
     bound: dict[str, Any] = {}
-    for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS + FP8_SCALE_ARGUMENTS:
+    for name in ("q", "k", "v", "out", "dout", "lse", "sink_logits") + _INDEX_ARGUMENTS + FP8_SCALE_ARGUMENTS \
+            + GRADIENT_OUTPUTS:
         if kwargs.get(name) is None:
             continue
         t = q if name == "q" else as_tensor(kwargs[name], name)
         _check(name, t, shapes[name], dtypes[name], on_cuda, index)
-        if name in ("out", "lse", "amax_o") and desc.direction == "forward" and t.origin == "jax":
+        written = name in GRADIENT_OUTPUTS or (name in ("out", "lse", "amax_o") and desc.direction == "forward")
+        if written and t.origin == "jax":
             raise InvalidArguments(name, "is a JAX array, which is immutable; leave it out and use the returned array")
-        if name in ("out", "lse", "amax_o") and desc.direction == "forward" and not _writeable(t):
+        if written and not _writeable(t):
             raise InvalidArguments(name, "is read-only; the plan writes its result there")
         bound[name] = t
     _check_matching_totals(desc, bound)
@@ -282,14 +296,15 @@ def _why_required(name: str, desc: AttentionDescriptor) -> str:
         "out": f"direction={desc.direction!r}",
         "lse": f"direction={desc.direction!r}",
         "dout": f"direction={desc.direction!r}",
+        "dsink_logits": f"sink_logits={desc.sink_logits}",
     }[name]
 
 
 def _check_matching_totals(desc: AttentionDescriptor, bound: dict) -> None:
     """Free dimensions that must agree between tensors (token totals, page counts)."""
-    pairs = [("k", "v", 0)]
+    pairs = [("k", "v", 0), ("k", "dk", 0), ("k", "dv", 0)]
     if desc.layout == "thd":
-        pairs += [("q", "out", 0), ("q", "dout", 0)]
+        pairs += [("q", "out", 0), ("q", "dout", 0), ("q", "dq", 0)]
     for a, b, axis in pairs:
         if a in bound and b in bound and bound[a].shape[axis] != bound[b].shape[axis]:
             raise InvalidArguments(b, f"has {bound[b].shape[axis]} rows in dim {axis}, {a} has {bound[a].shape[axis]}")

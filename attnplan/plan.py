@@ -292,8 +292,9 @@ class Plan:
         return bound
 
     def run(self, check_values=True, **args):
-        """Forward: returns AttentionResult(out, lse).  Backward: (dq, dk, dv[, dsink_logits]).
-        Outputs come back in the caller's array type.  `check_values`: where the index arguments'
+        """Forward: returns AttentionResult(out, lse).  Backward: (dq, dk, dv[, dsink_logits]), written
+        into the caller's `dq=`, `dk=`, `dv=`, `dsink_logits=` where given (as `out=` and `lse=` for the
+        forward).  Outputs come back in the caller's array type.  `check_values`: where the index arguments'
         values are checked (attnplan/value_checks.py): True (on the device for a GPU plan, which
         reports a broken one by a later run or by `check()`; else on the host), "device", "host",
         or False."""
@@ -305,7 +306,7 @@ class Plan:
         if on_device:
             self._device_guard().apply(bound)
         if self.desc.direction == "backward":
-            return self._run_backward(bound)
+            return self._run_backward(bound, args)
         desc, q = self.desc, bound.q
         executable = self._reference_executable() if self._empty_totals(bound) else self._executable
         out = bound.out
@@ -336,18 +337,21 @@ class Plan:
             self._reference = registry.get("reference").build(self.desc, self.device)
         return self._reference
 
-    def _run_backward(self, bound: BoundArguments):
+    def _run_backward(self, bound: BoundArguments, args: dict):
+        """The gradients, into the caller's `dq`, `dk`, `dv` (and `dsink_logits`) where given."""
         desc, q = self.desc, bound.q
-        dq = wrap_storage(empty(bound.q.shape, desc.dtype, q), desc.dtype)
-        dk = wrap_storage(empty(bound.k.shape, desc.dtype, q), desc.dtype)
-        dv = wrap_storage(empty(bound.v.shape, desc.dtype, q), desc.dtype)
-        dsink = wrap_storage(empty((desc.heads_q,), "f32", q), "f32") if desc.sink_logits else None
+
+        def output(given, shape, dtype):
+            return given if given is not None else wrap_storage(empty(shape, dtype, q), dtype)
+        dq = output(bound.dq, bound.q.shape, desc.dtype)
+        dk = output(bound.dk, bound.k.shape, desc.dtype)
+        dv = output(bound.dv, bound.v.shape, desc.dtype)
+        dsink = output(bound.dsink_logits, (desc.heads_q,), "f32") if desc.sink_logits else None
         executable = self._reference_executable() if self._empty_totals(bound) else self._executable
         executable.backward(bound, dq, dk, dv, dsink)
-        grads = tuple(to_caller(t.data, t.dtype, q) for t in (dq, dk, dv))
-        if dsink is not None:
-            grads += (to_caller(dsink.data, "f32", q),)
-        return grads
+        names = ("dq", "dk", "dv") + (("dsink_logits",) if dsink is not None else ())
+        return tuple(args[name] if args.get(name) is not None else to_caller(t.data, t.dtype, q)
+                     for name, t in zip(names, (dq, dk, dv, dsink)))
 
 
 __all__ = ["Plan", "Verdict", "Verdicts", "explain", "assess", "AttentionResult"]

@@ -29,37 +29,37 @@ GPU_EXAMPLES = int(os.environ.get("FUZZ_GPU_EXAMPLES", "500"))
 # Output tolerance, relative to the largest |reference| (at least 1): a few units of the output
 # type's rounding plus the input rounding's effect on the softmax.
 EPS = {"bf16": 2.0**-6, "f16": 2.0**-9, "f32": 1e-5}
-SEQLENS = st.sampled_from([0, 1, 2, 3, 5, 7, 13, 17, 31, 64, 113])
+SEQLENS = (0, 1, 2, 3, 5, 7, 13, 17, 31, 64, 113)
 
 
-@st.composite
-def problems(draw, dtypes=("bf16", "f16", "f32")):
-    """(descriptor, host arguments, seed) for one random forward problem."""
-    seed = draw(st.integers(0, 2**32 - 1))
+def build_problem(pick, seed: int, dtypes=("bf16", "f16", "f32")):
+    """(descriptor, host arguments, seed) for one random forward problem: `pick(options)` chooses
+    one of a sequence (a hypothesis draw, or a seeded RNG's choice in tests/gpu/fuzz_record.py),
+    `seed` fixes the arrays' values."""
     rng = np.random.default_rng(seed)
-    dtype = draw(st.sampled_from(dtypes))
-    heads_kv = draw(st.sampled_from([1, 2]))
-    heads_q = heads_kv * draw(st.sampled_from([1, 2, 4]))
-    head_dim = draw(st.sampled_from([8, 16, 24, 40, 64, 72, 96, 128]))
-    head_dim_v = draw(st.sampled_from([head_dim, head_dim, 16, 64]))
-    batch = draw(st.integers(1, 3))
-    seqlen_q, seqlen_kv = draw(SEQLENS), draw(SEQLENS)
-    kv_form = draw(st.sampled_from(["dense", "varlen", "paged"]))
-    layout = "thd" if kv_form == "varlen" or (kv_form == "paged" and draw(st.booleans())) else "bshd"
-    causal = draw(st.booleans())
-    left = draw(st.sampled_from([-1, -1, 0, 3, 16]))
-    right = 0 if causal and left >= 0 else (draw(st.sampled_from([-1, 0, 5])) if left >= 0 else -1)
+    dtype = pick(dtypes)
+    heads_kv = pick([1, 2])
+    heads_q = heads_kv * pick([1, 2, 4])
+    head_dim = pick([8, 16, 24, 40, 64, 72, 96, 128])
+    head_dim_v = pick([head_dim, head_dim, 16, 64])
+    batch = pick([1, 2, 3])
+    seqlen_q, seqlen_kv = pick(SEQLENS), pick(SEQLENS)
+    kv_form = pick(["dense", "varlen", "paged"])
+    layout = "thd" if kv_form == "varlen" or (kv_form == "paged" and pick([False, True])) else "bshd"
+    causal = pick([False, True])
+    left = pick([-1, -1, 0, 3, 16])
+    right = 0 if causal and left >= 0 else (pick([-1, 0, 5]) if left >= 0 else -1)
     if causal and left < 0:
         right = -1
     fields = dict(batch=batch, seqlen_q=max(seqlen_q, 1), seqlen_kv=max(seqlen_kv, 1), heads_q=heads_q,
                   heads_kv=heads_kv, head_dim=head_dim, head_dim_v=head_dim_v, dtype=dtype, layout=layout,
-                  causal=causal, causal_alignment=draw(st.sampled_from(["bottom_right", "top_left"])),
-                  window=(left, right), sink_tokens=draw(st.sampled_from([0, 2])) if left >= 0 else 0,
-                  sink_logits=draw(st.booleans()), alibi=draw(st.booleans()),
-                  softcap=draw(st.sampled_from([0.0, 0.0, 5.0])), return_lse=True)
+                  causal=causal, causal_alignment=pick(["bottom_right", "top_left"]),
+                  window=(left, right), sink_tokens=pick([0, 2]) if left >= 0 else 0,
+                  sink_logits=pick([False, True]), alibi=pick([False, True]),
+                  softcap=pick([0.0, 0.0, 5.0]), return_lse=True)
     if layout == "bshd" and kv_form == "dense":
         fields.update(seqlen_q=seqlen_q, seqlen_kv=seqlen_kv)        # dense problems may be empty
-    page_size = draw(st.sampled_from([1, 4, 16, 64])) if kv_form == "paged" else None
+    page_size = pick([1, 4, 16, 64]) if kv_form == "paged" else None
     if page_size:
         fields["paged"] = PagedKV(page_size, -(-fields["seqlen_kv"] // page_size))
     desc = AttentionDescriptor(**fields)
@@ -95,6 +95,13 @@ def problems(draw, dtypes=("bf16", "f16", "f32")):
     return desc, args, seed
 
 
+@st.composite
+def problems(draw, dtypes=("bf16", "f16", "f32")):
+    """The hypothesis strategy of `build_problem` (shrinks a failure to a small draw)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    return build_problem(lambda options: draw(st.sampled_from(list(options))), seed, dtypes)
+
+
 def brute(desc, args):
     options = dict(causal=desc.causal, causal_alignment=desc.causal_alignment, window=desc.window,
                    sink_tokens=desc.sink_tokens, softcap=desc.softcap, scale=desc.scale, layout=desc.layout)
@@ -109,21 +116,32 @@ def brute(desc, args):
 def check(desc, args, seed, device) -> list[str]:
     """Run every backend that accepts `desc` on `device`; the names of those that ran (AssertionError
     naming the backend and the seed for one that is wrong)."""
-    exact_out, exact_lse = brute(desc, args)
-    scale = max(1.0, float(np.abs(exact_out).max(initial=0.0)))
+    exact = brute(desc, args)
     ran = []
-    for name in explain(desc, device).ranking:
-        if not explain(desc, device, prefer=name).of(name).accepted:
-            continue
-        inputs = args if device.kind == "cpu" else _to_device(args)
-        result = Plan.select(desc, device, prefer=name, restrict=True).run(**inputs)
-        out, lse = host_f64(result.out), host_f64(result.lse)
-        tolerance = 2 * EPS[desc.dtype] * scale + 1e-6
-        where = f"backend {name}, FUZZ_SEED={seed}, {desc!r}"
-        np.testing.assert_allclose(out, exact_out, rtol=0, atol=tolerance, err_msg=where)
-        np.testing.assert_allclose(lse, exact_lse, rtol=0, atol=max(tolerance, 1e-4) * 4, err_msg=where)
+    for name in accepting_backends(desc, device):
+        check_backend(name, desc, args, seed, device, exact)
         ran.append(name)
     return ran
+
+
+def accepting_backends(desc, device) -> list[str]:
+    """The backends that accept `desc` on `device`, in the planner's ranking."""
+    return [name for name in explain(desc, device).ranking
+            if explain(desc, device, prefer=name).of(name).accepted]
+
+
+def check_backend(name, desc, args, seed, device, exact) -> None:
+    """One backend's run of the draw against the brute-force (out, lse); AssertionError naming the
+    backend, the seed and the descriptor where it is off."""
+    exact_out, exact_lse = exact
+    scale = max(1.0, float(np.abs(exact_out).max(initial=0.0)))
+    inputs = args if device.kind == "cpu" else _to_device(args)
+    result = Plan.select(desc, device, prefer=name, restrict=True).run(**inputs)
+    out, lse = host_f64(result.out), host_f64(result.lse)
+    tolerance = 2 * EPS[desc.dtype] * scale + 1e-6
+    where = f"backend {name}, FUZZ_SEED={seed}, {desc!r}"
+    np.testing.assert_allclose(out, exact_out, rtol=0, atol=tolerance, err_msg=where)
+    np.testing.assert_allclose(lse, exact_lse, rtol=0, atol=max(tolerance, 1e-4) * 4, err_msg=where)
 
 
 def _to_device(args):

@@ -488,3 +488,55 @@ def test_backward_plan_requires_out_lse_dout(missing):
     with pytest.raises(InvalidArguments) as info:
         Plan.select(desc, "cpu").run(**{n: a for n, a in full.items() if n != missing})
     assert info.value.argument == missing and "direction='backward'" in str(info.value)
+
+
+def _backward_call(sink_logits=False):
+    desc = DESC.replace(direction="backward", sink_logits=sink_logits)
+    args = qkv(desc)
+    if sink_logits:
+        args["sink_logits"] = np.array([0.5, -1.0, 0.0, 2.0], np.float32)
+    out, lse = Plan.select(desc.replace(direction="forward"), "cpu").run(**args)
+    dout = np.random.default_rng(10).standard_normal(out.shape).astype(np.float32)
+    return Plan.select(desc, "cpu"), dict(args, out=out, lse=lse, dout=dout)
+
+
+@pytest.mark.parametrize("sink_logits", [False, True])
+def test_backward_writes_given_gradients_in_place(sink_logits):
+    """dq= / dk= / dv= / dsink_logits= are the backward's out= (the launch-only run of a backward)."""
+    plan, args = _backward_call(sink_logits)
+    want = plan.run(**args)
+    given = {"dq": np.full_like(args["q"], np.nan), "dk": np.full_like(args["k"], np.nan),
+             "dv": np.full_like(args["v"], np.nan)}
+    if sink_logits:
+        given["dsink_logits"] = np.full(4, np.nan, np.float32)
+    grads = plan.run(**args, **given)
+    assert len(grads) == len(want) == len(given)
+    for got, name, expected in zip(grads, given, want):
+        assert got is given[name], name
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("dq", lambda a: np.zeros(a["q"].shape[:-1] + (9,), np.float32), "shape"),
+    ("dk", lambda a: np.zeros(a["k"].shape, np.float16), "dtype"),
+    ("dv", lambda a: np.zeros(a["v"].shape, np.float32)[..., ::-1], "stride"),
+    ("dq", lambda a: _read_only(np.zeros(a["q"].shape, np.float32)), "read-only"),
+    ("dsink_logits", lambda a: np.zeros(4, np.float32), "does not use it"),
+])
+def test_bad_gradient_outputs_are_named(name, change, words):
+    plan, args = _backward_call()
+    with pytest.raises(InvalidArguments, match=words) as info:
+        plan.run(**args, **{name: change(args)})
+    assert info.value.argument == name
+
+
+def _read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+def test_gradient_outputs_are_not_forward_arguments():
+    plan = Plan.select(DESC, "cpu")
+    with pytest.raises(InvalidArguments, match="not a forward argument") as info:
+        plan.run(**qkv(), dq=np.zeros((2, 5, 4, 8), np.float32))
+    assert info.value.argument == "dq"

@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import attnplan.torch as apt  # noqa: E402
+from torch_block import train  # noqa: E402
 
 F64 = torch.float64
 
@@ -161,43 +162,6 @@ def test_a_mask_that_wants_a_gradient_is_refused():
 
 
 # -- a tiny transformer block, trained both ways ---------------------------------------------------
-
-class Block(torch.nn.Module):
-    def __init__(self, sdpa, dim=32, heads=4, heads_kv=2):
-        super().__init__()
-        self.sdpa, self.heads, self.heads_kv = sdpa, heads, heads_kv
-        self.head_dim = dim // heads
-        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
-        self.q = torch.nn.Linear(dim, dim)
-        self.kv = torch.nn.Linear(dim, 2 * heads_kv * self.head_dim)
-        self.proj = torch.nn.Linear(dim, dim)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
-
-    def forward(self, x):
-        batch, seqlen, dim = x.shape
-        h = self.norm1(x)
-        q = self.q(h).view(batch, seqlen, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(h).view(batch, seqlen, 2, self.heads_kv, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = self.sdpa(q, k, v, is_causal=True, enable_gqa=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(batch, seqlen, dim))
-        return x + self.mlp(self.norm2(x))
-
-
-def train(sdpa, steps=5):
-    torch.manual_seed(0)
-    model = Block(sdpa).double()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    x = torch.randn(4, 12, 32, dtype=F64)
-    target = torch.randn(4, 12, 32, dtype=F64)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.mse_loss(model(x), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
 
 def test_a_transformer_block_trains_to_the_same_loss():
     ours, theirs = train(apt.scaled_dot_product_attention), train(torch_sdpa)

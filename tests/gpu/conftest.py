@@ -1,8 +1,15 @@
 """GPU tests: marked `gpu`, skipped cleanly when no CUDA device (or no CuPy) is present."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from attnplan.device import default_device
+
+
+# The GPU tests share helpers with the CPU suite (brute_force.py, torch_block.py) in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _has_gpu() -> bool:

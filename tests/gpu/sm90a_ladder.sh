@@ -32,10 +32,12 @@ say() { echo "$*" | tee -a "$LOG"; }
 began=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - began )) s"; }
 
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then    # SKIP_INSTALL=1: a calling script has installed
 {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   python3 -m pip install -q --no-deps --no-build-isolation --no-compile -e .
 } > "$OUT/install.tmp" 2>&1 || { say "install failed:"; tail -20 "$OUT/install.tmp" | tee -a "$LOG"; }
+fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 say "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
 say "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -158,3 +158,66 @@ def test_empty_packed_totals(backend, empty):
     if rows_q:
         assert bool((out == 0).all()) and bool(cupy.isneginf(lse).all())
     plan.check()
+
+
+# -- the backward ----------------------------------------------------------------------------------
+
+BACKWARD = DENSE.replace(direction="backward", heads_kv=2)
+BACKWARD_BACKENDS = ("nvrtc.sm80", "cudnn")
+
+
+def _gradient_storage(plan, args):
+    """NaN-filled dq, dk, dv of the plan's dtype (every element must be written)."""
+    from support import _storage
+    import cupy
+    dtype = plan.desc.dtype
+    return {name: _storage(args[role].shape, dtype, cupy) for name, role in (("dq", "q"), ("dk", "k"), ("dv", "v"))}
+
+
+@pytest.mark.parametrize("backend", BACKWARD_BACKENDS)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_a_warm_backward_allocates_nothing_with_the_callers_gradients_and_workspace(backend, deterministic):
+    import cupy
+    from support import backward_inputs
+    desc = BACKWARD.replace(deterministic=deterministic)
+    plan, device = _plan(desc, backend)
+    args = backward_inputs(desc, seed=8)
+    grads = _gradient_storage(plan, args)
+    workspace = cupy.empty(max(plan.workspace_size, 1), dtype=cupy.uint8)
+    plan.run(workspace=workspace, **grads, **args)
+    calls = _count_allocations(lambda: [plan.run(workspace=workspace, **grads, **args) for _ in range(3)])
+    assert calls == [], f"{plan.sku.kernel} allocated {calls}"
+
+
+@pytest.mark.parametrize("backend", BACKWARD_BACKENDS)
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_a_captured_backward_replays_to_the_eager_result(backend, deterministic):
+    """Bits equal where the plan is deterministic; where dQ is summed by atomics (the order of
+    float additions varies run to run), equal up to that rounding."""
+    import cupy
+    from attnplan.accuracy import host_f64
+    from support import backward_inputs
+    desc = BACKWARD.replace(deterministic=deterministic)
+    plan, device = _plan(desc, backend)
+    args = backward_inputs(desc, seed=9)
+    eager, graphed = _gradient_storage(plan, args), _gradient_storage(plan, args)
+    workspace = cupy.empty(max(plan.workspace_size, 1), dtype=cupy.uint8)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        plan.run(workspace=workspace, **eager, **args)
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            plan.run(workspace=workspace, **graphed, **args)
+        finally:
+            graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+    for name in ("dq", "dk", "dv"):
+        got, want = host_f64(graphed[name]), host_f64(eager[name])
+        assert np.isfinite(got).all(), name
+        if plan.sku.precision.deterministic:
+            assert (_bits(graphed[name]) == _bits(eager[name])).all(), name
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=2.0**-7 * max(1.0, np.abs(want).max()), err_msg=name)
+    plan.check()

@@ -2,6 +2,7 @@
 gradients), the ops' registrations (opcheck), torch.compile, the current-stream contract (our work is
 ordered on PyTorch's current stream, with no host synchronisation) and capture in a CUDA graph."""
 
+import math
 import time
 
 import pytest
@@ -43,10 +44,11 @@ def error(x, ref) -> float:
     return (x.double() - ref).abs().max().item()
 
 
-def check_by_the_2x_rule(query, key, value, **kwargs):
-    """Ours and PyTorch's SDPA in the inputs' dtype, each against the float64 math: ours may be off
-    by at most twice PyTorch's error plus half an ulp, for out and for each gradient."""
-    ours = apt.scaled_dot_product_attention(query, key, value, **kwargs)
+def check_by_the_2x_rule(query, key, value, ours_options=None, **kwargs):
+    """Ours (with `ours_options` besides, such as a backend) and PyTorch's SDPA in the inputs' dtype,
+    each against the float64 math: ours may be off by at most twice PyTorch's error plus half an ulp,
+    for out and for each gradient."""
+    ours = apt.scaled_dot_product_attention(query, key, value, **kwargs, **(ours_options or {}))
     theirs = F.scaled_dot_product_attention(query, key, value, **kwargs)
     want, leaves = exact(query, key, value, **kwargs)
     eps = EPSILON[query.dtype]
@@ -80,6 +82,53 @@ def test_sdpa_drop_in_by_the_2x_rule(dtype, features):
     elif mask == "float":
         features["attn_mask"] = torch.randn(2, 1, 128, seqlen_kv, device="cuda", dtype=dtype)
     check_by_the_2x_rule(q, k, v, **features)
+
+
+GPU_BACKENDS = ("nvrtc.sm80", "nvrtc.sm90a", "cudnn")
+
+
+def _forward_sku(backend, q, k, v, causal):
+    """The SKU `backend` builds for the forward of an SDPA call on these [b, h, s, d] tensors (what
+    scaled_dot_product_attention describes), to pin it; a skip with its reasons where it declines."""
+    from attnplan import Plan, explain
+    from attnplan.api import describe
+    from attnplan.device import default_device
+    desc = describe(q, k, v, layout="bhsd", causal=causal, causal_alignment="top_left")
+    verdict = explain(desc, default_device(), prefer=backend, restrict=True).of(backend)
+    if not verdict.accepted:
+        pytest.skip(f"{backend} declines: {verdict.reasons}")
+    return Plan.select(desc, default_device(), prefer=backend, restrict=True).sku
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_each_gpu_backend_against_sdpa_math_in_float64(backend, dtype, causal):
+    """Forward and gradients with the forward pinned to `backend`'s kernel (the backward on that
+    backend where it has one, else the planner's choice), against PyTorch's math SDPA in float64 by the 2x rule."""
+    q, k, v = inputs((2, 8, 256, 128), (2, 2, 256, 128), dtype, seed=3)
+    sku = _forward_sku(backend, q, k, v, causal)
+    assert sku.backend == backend
+    check_by_the_2x_rule(q, k, v, ours_options=dict(sku=sku), is_causal=causal, enable_gqa=True)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_transformer_block_trains_like_with_pytorchs_sdpa(backend):
+    """The tiny block of tests/torch_block.py in bf16 on the GPU, 40 AdamW steps: our loss curve
+    follows PyTorch's fused SDPA's within bf16 noise, and both learn."""
+    from torch_block import train
+    shape = dict(batch=4, seqlen=256, dim=256, heads=4, heads_kv=2)
+    q, k, v = inputs((4, 4, 256, 64), (4, 2, 256, 64), torch.bfloat16, grad=False)
+    sku = _forward_sku(backend, q, k, v, causal=True)
+
+    def ours(*args, **kwargs):
+        return apt.scaled_dot_product_attention(*args, sku=sku, **kwargs)
+    common = dict(steps=40, dtype=torch.bfloat16, device="cuda", lr=3e-3, **shape)
+    mine, theirs = train(ours, **common), train(F.scaled_dot_product_attention, **common)
+    assert all(map(math.isfinite, mine)), mine
+    assert mine[-1] < 0.8 * mine[0] and theirs[-1] < 0.8 * theirs[0], (mine, theirs)
+    worst = max(abs(a - b) / b for a, b in zip(mine, theirs))
+    assert worst < 0.03, (worst, mine, theirs)
 
 
 def test_sink_logit_gradient_on_cuda():
