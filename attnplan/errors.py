@@ -71,7 +71,8 @@ class NoPlanError(AttnPlanError, RuntimeError):
     """No registered backend accepts the descriptor; the message lists every reason."""
 
     def __init__(self, message: str, verdicts=()):
-        self.verdicts = tuple(verdicts)
+        # The planner's Verdicts (a list with .of(name)); any other sequence is kept as a tuple.
+        self.verdicts = verdicts if hasattr(verdicts, "of") else tuple(verdicts)
         super().__init__(message)
 
 

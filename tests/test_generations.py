@@ -234,3 +234,16 @@ def test_the_record_ungates_exactly_the_rungs_it_lists(gated, monkeypatch):
     assert not wide.accepted and "rung 'wide'" in wide.reasons[0]
     record.write_text("{not json")                                                          # damaged: nothing
     assert not explain(FORWARD, "sm_90").of(TESTGEN).accepted
+
+
+@pytest.mark.parametrize("fields, backend, words", [
+    (dict(batch=65536), "nvrtc.sm80", "batch=65536"),
+    (dict(heads_q=65536, heads_kv=1), "nvrtc.sm80", "heads_q=65536"),
+    (dict(seqlen_q=65535 * 128 + 1, head_dim=128), "nvrtc.sm90a", "query tiles"),
+])
+def test_a_grid_past_the_cuda_limits_is_a_planner_reason(fields, backend, words):
+    """gridDim.y / .z hold at most 65535: a problem that needs more is declined with why, not launched."""
+    desc = AttentionDescriptor(**{**dict(batch=1, seqlen_q=16, seqlen_kv=16, heads_q=2, heads_kv=2, head_dim=64,
+                                         dtype="bf16"), **fields})
+    verdict = explain(desc, "sm_90").of(backend)
+    assert not verdict.accepted and any(words in reason for reason in verdict.reasons), verdict.reasons

@@ -134,6 +134,7 @@ def test_no_plan_error_lists_every_backend_with_its_reasons(monkeypatch):
         assert not v.accepted and v.reasons
         assert v.backend in message and all(r in message for r in v.reasons)
     assert any("CuPy" in r for r in verdict_of(error.verdicts, "reference").reasons)
+    assert error.verdicts.of("reference") == verdict_of(error.verdicts, "reference")   # the planner's Verdicts
     assert isinstance(error, attnplan.AttnPlanError) and isinstance(error, RuntimeError)
 
 

@@ -41,12 +41,6 @@ def version_reasons(desc: AttentionDescriptor, version: int) -> list[str]:
             and version < VARLEN_SINK_BACKWARD_FIXED):
         return [f"cuDNN {version_text(version)} computes a wrong dSink for the varlen backward with sink logits at some head dims "
                 f"(TransformerEngine issue 3249; fixed in cuDNN 9.26): needs cuDNN >= 9.26"]
-    if desc.paged is not None:
-        # No release is known to fix it: refused on every version until a run-time fix-up of those
-        # rows lands (or a release is verified to write them).
-        return [f"paged KV: cuDNN {version_text(version)} leaves the output of a sequence with seqlens_kv = 0 "
-                f"unwritten (garbage, up to 3e7, where attnplan defines 0 and LSE -inf; found by the GPU fuzz "
-                f"on the H200, 2026-12-02)"]
     return []
 
 

@@ -256,6 +256,40 @@ class CudnnRunner:
                         lse.data[...] = stats[seq, :, pos].T
                 else:
                     lse.data[...] = stats
+            if desc.varlen or desc.paged is not None:
+                self._define_rows_without_keys(cupy, bound, out, lse)
+
+    def _define_rows_without_keys(self, cupy, bound, out, lse) -> None:
+        """The query rows of a sequence with no keys get out 0 and LSE -inf, or the head's sink logit
+        (docs/semantics.md): cuDNN (9.19) leaves them unwritten, varlen and paged alike (found by the
+        GPU fuzz on the H200, 2026-12-02).  Two elementwise kernels over out and the LSE that write
+        only those rows: no allocation, no synchronisation."""
+        desc = self.desc
+        out_kernel, lse_kernel = _rows_without_keys_kernels(cupy)
+        cumulative = desc.paged is None
+        kv = (bound.cu_seqlens_kv if cumulative else bound.seqlens_kv).data
+        packed = desc.layout == "thd"
+        cu_q = bound.cu_seqlens_q.data if packed else kv               # (unread unless packed)
+        tokens = bound.q.shape[0] if packed else 0
+        if packed and not tokens:
+            return
+        data = out.data
+        per_unit = int(np.prod(data.shape[1:]))            # a token's elements (packed), else a batch entry's
+        out_kernel(cu_q, kv, np.int32(desc.batch), np.int64(per_unit), np.int32(packed), np.int32(cumulative), data)
+        if lse is not None:
+            sink = bound.sink_logits.data if desc.sink_logits else self._no_sink(cupy, bound.q.device_index)
+            lse_kernel(cu_q, kv, sink, np.int32(desc.batch), np.int64(tokens), np.int32(desc.heads_q),
+                       np.int32(desc.seqlen_q), np.int32(packed), np.int32(cumulative), np.int32(desc.sink_logits),
+                       lse.data)
+
+    def _no_sink(self, cupy, device_index: int):
+        """A kept one-float array standing in for absent sink logits (an argument the kernel never reads)."""
+        dummy = self._constants.get(("no_sink", device_index))
+        if dummy is None:
+            with cupy.cuda.Device(device_index):
+                dummy = cupy.zeros(1, dtype=cupy.float32)
+            self._constants[("no_sink", device_index)] = dummy
+        return dummy
 
     # -- backward --------------------------------------------------------------------------
 
@@ -290,6 +324,47 @@ class CudnnRunner:
                 ptrs["dsink"] = dsink.ptr
             workspace = self.workspaces.pointer(device_index, stream, built.workspace_size, bound.workspace)
             built.execute(ptrs, workspace, library.handle(device_index, stream))
+
+
+# Which sequence a packed query token belongs to (the last b with cu_q[b] <= token: empty sequences
+# before it share its start), and whether that sequence has keys: shared by the two kernels below.
+_SEQUENCE_HAS_NO_KEYS = """
+template <class Starts, class Keys>
+__device__ bool attn_sequence_has_no_keys(const Starts& cu_q, const Keys& kv, int batch, long long unit, int packed,
+                                          int cumulative) {
+  int b = (int)unit;
+  if (packed) {
+    int lo = 0, hi = batch;
+    while (hi - lo > 1) { const int mid = (lo + hi) / 2; if (cu_q[mid] <= unit) lo = mid; else hi = mid; }
+    b = lo;
+  }
+  const int length = cumulative ? kv[b + 1] - kv[b] : kv[b];
+  return length == 0;
+}
+"""
+_KERNELS: dict = {}
+
+
+def _rows_without_keys_kernels(cupy):
+    """(out kernel, LSE kernel), made once: out rows (a packed token's, or a batch entry's, `per_unit`
+    elements) and LSE entries ([heads, tokens] packed, else [batch, heads, seqlen]) of sequences
+    without keys get 0 and -inf (or the head's sink logit); every other element is left as it is."""
+    if "rows" not in _KERNELS:
+        out_kernel = cupy.ElementwiseKernel(
+            "raw int32 cu_q, raw int32 kv, int32 batch, int64 per_unit, int32 packed, int32 cumulative", "T out",
+            "if (attn_sequence_has_no_keys(cu_q, kv, batch, i / per_unit, packed, cumulative)) out = (T)0.0f;",
+            "attn_cudnn_rows_without_keys", preamble=_SEQUENCE_HAS_NO_KEYS)
+        lse_kernel = cupy.ElementwiseKernel(
+            "raw int32 cu_q, raw int32 kv, raw float32 sink, int32 batch, int64 tokens, int32 heads, int32 seqlen, "
+            "int32 packed, int32 cumulative, int32 has_sink", "float32 lse",
+            """
+            const long long unit = packed ? i % tokens : i / ((long long)heads * seqlen);
+            const int head = packed ? (int)(i / tokens) : (int)((i / seqlen) % heads);
+            if (attn_sequence_has_no_keys(cu_q, kv, batch, unit, packed, cumulative))
+              lse = has_sink ? sink[head] : __int_as_float(0xff800000);
+            """, "attn_cudnn_lse_without_keys", preamble=_SEQUENCE_HAS_NO_KEYS)
+        _KERNELS["rows"] = (out_kernel, lse_kernel)
+    return _KERNELS["rows"]
 
 
 __all__ = ["CudnnRunner"]

@@ -51,24 +51,36 @@ def summary(desc, args) -> str:
     return f"{desc!r} {json.dumps(shown)}" if shown else repr(desc)
 
 
-def warm(numbers, device) -> int:
-    """Compile the kernels of draws `numbers` in parallel (cache hits are free); failures."""
-    from attnplan.backends.nvrtc.warmup import compile_all, keys_for
-    keys = keys_for([draw(n)[0] for n in numbers], device.arch)
-    print(f"warming {len(keys)} kernels", flush=True)
-    return compile_all(keys)
+def warm(numbers, device, target: int, workers: int) -> int:
+    """Compile, in parallel, the kernels that draws `numbers` will run (each nvrtc generation until
+    it has `target` draws, as `record` stops it); the number that failed to compile."""
+    from attnplan.backends.nvrtc.backend import backends
+    from attnplan.backends.nvrtc.warmup import compile_all
+    from attnplan.capabilities import capability_reasons
+    counts, keys = {}, {}
+    for number in numbers:
+        desc = draw(number)[0]
+        for backend in backends():
+            if counts.get(backend.name, 0) >= target:
+                continue
+            if not capability_reasons(backend.capabilities, desc, device) and not backend.reasons(desc, device):
+                counts[backend.name] = counts.get(backend.name, 0) + 1
+                key = backend.dispatch_key(desc, device)
+                keys[key.name] = key
+    print(f"warming {len(keys)} kernels for {counts}", flush=True)
+    return compile_all(list(keys.values()), workers=workers)
 
 
-def record(target: int, budget: float, device, log) -> dict:
+def record(target: int, budget: float, device, log, only=None, start: int = 0) -> dict:
     """Draw until each backend has `target` cases or `budget` seconds pass; per backend
     {"cases", "failures"}."""
     started = time.monotonic()
     results: dict[str, dict] = {}
-    number = 0
+    number = start
     while time.monotonic() - started < budget:
         desc, args, seed = draw(number)
-        names = [n for n in test_fuzz.accepting_backends(desc, device)
-                 if results.setdefault(n, {"cases": 0, "failures": []})["cases"] < target]
+        names = [n for n in test_fuzz.accepting_backends(desc, device) if only is None or n in only]
+        names = [n for n in names if results.setdefault(n, {"cases": 0, "failures": []})["cases"] < target]
         if names:
             exact = test_fuzz.brute(desc, args)
             for name in names:
@@ -82,7 +94,7 @@ def record(target: int, budget: float, device, log) -> dict:
                     print(f"FAIL draw {number} {name}: {text[:300]}", file=log, flush=True)
                     traceback.print_exc(file=log)
         number += 1
-        if results and all(r["cases"] >= target for r in results.values()) and number > 50:
+        if results and all(r["cases"] >= target for r in results.values()) and number > start + 50:
             break
         if number % 100 == 0:
             counts = {n: r["cases"] for n, r in results.items()}
@@ -117,7 +129,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--replay", type=int)
     parser.add_argument("--keys", type=int, help="count the kernels the first N draws need (sm_90)")
-    parser.add_argument("--warm-draws", type=int, default=2500)
+    parser.add_argument("--warm-draws", type=int, default=4000, help="draws whose kernels are compiled first")
+    parser.add_argument("--start", type=int, default=0, help="the first draw (to continue a record)")
+    parser.add_argument("--backends", default=None, help="comma-separated: run only these backends")
+    parser.add_argument("--workers", type=int, default=None, help="compile processes (default: every core)")
     options = parser.parse_args()
     from attnplan.device import Device, default_device
     if options.keys:
@@ -134,8 +149,10 @@ def main() -> int:
         print(summary(desc, args))
         print("ran:", test_fuzz.check(desc, args, seed, device))
         return 0
-    warm(range(options.warm_draws), Device.cuda(arch=device.arch))
-    results = record(options.cases, options.budget, device, sys.stdout)
+    only = set(options.backends.split(",")) if options.backends else None
+    if only is None or any(name.startswith("nvrtc") for name in only):
+        warm(range(options.warm_draws), Device.cuda(arch=device.arch), options.cases, options.workers)
+    results = record(options.cases, options.budget, device, sys.stdout, only, options.start)
     name = f"{device.name} (cc {device.arch // 10}.{device.arch % 10})" if hasattr(device, "name") else str(device)
     document = {"device": name, "date": datetime.date.today().isoformat(), "versions": versions(),
                 "command": " ".join(["python3", "tests/gpu/fuzz_record.py"] + sys.argv[1:]),

@@ -20,7 +20,14 @@ def _tile(cfg: dict) -> TileConfig:
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
 
 
+# The CUDA limit on gridDim.y and gridDim.z: the sm80 grids are (tiles, heads, batch).
+GRID_YZ_MAX = 65535
+
+
 def _choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileConfig:
+    for name, value in (("batch", desc.batch), ("heads_q", desc.heads_q)):
+        if value > GRID_YZ_MAX:
+            raise ValueError(f"{name}={value}: the sm80 grids put it on a grid dimension of at most {GRID_YZ_MAX}")
     if desc.direction == "backward":
         return _tile(tiles.backward_tile_config(desc.head_dim, desc.head_dim_v, arch, desc.causal))
     return _tile(tiles.tile_config(desc.head_dim, desc.head_dim_v, arch))

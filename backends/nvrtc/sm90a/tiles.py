@@ -169,6 +169,10 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
         if desc.paged is not None:
             block_n = paged_block_n(block_n, desc.paged.page_size)
     tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
+    query_tiles = math.ceil(desc.seqlen_q / block_m)
+    if query_tiles > GRID_YZ_MAX and rung not in ("persistent", "pingpong_persistent"):
+        raise ValueError(f"seqlen_q={desc.seqlen_q}: {query_tiles} query tiles of {block_m} rows, more than gridDim.y "
+                         f"takes ({GRID_YZ_MAX})")
     if named:
         try:
             check_tiles(desc.direction, tiles)
