@@ -87,13 +87,14 @@ def test_sdpa_drop_in_by_the_2x_rule(dtype, features):
 GPU_BACKENDS = ("nvrtc.sm80", "nvrtc.sm90a", "cudnn")
 
 
-def _forward_sku(backend, q, k, v, causal):
-    """The SKU `backend` builds for the forward of an SDPA call on these [b, h, s, d] tensors (what
-    scaled_dot_product_attention describes), to pin it; a skip with its reasons where it declines."""
+def _forward_sku(backend, q, k, v, causal, layout="bhsd"):
+    """The SKU `backend` builds for the forward of a call on these tensors ([b, h, s, d]: what
+    scaled_dot_product_attention describes; or `layout`), to pin it; a skip with its reasons where it
+    declines."""
     from attnplan import Plan, explain
     from attnplan.api import describe
     from attnplan.device import default_device
-    desc = describe(q, k, v, layout="bhsd", causal=causal, causal_alignment="top_left")
+    desc = describe(q, k, v, layout=layout, causal=causal, causal_alignment="top_left")
     verdict = explain(desc, default_device(), prefer=backend, restrict=True).of(backend)
     if not verdict.accepted:
         pytest.skip(f"{backend} declines: {verdict.reasons}")
@@ -110,6 +111,32 @@ def test_each_gpu_backend_against_sdpa_math_in_float64(backend, dtype, causal):
     sku = _forward_sku(backend, q, k, v, causal)
     assert sku.backend == backend
     check_by_the_2x_rule(q, k, v, ours_options=dict(sku=sku), is_causal=causal, enable_gqa=True)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_attention_on_each_gpu_backend_against_sdpa_math_in_float64(backend, causal):
+    """attnplan.torch.attention on [b, s, h, d] tensors (the layout every GPU backend takes; sm90a has no
+    bhsd maps, so the SDPA drop-in above never reaches it), the forward pinned to `backend`'s kernel:
+    out and the gradients by the 2x rule against PyTorch's math SDPA in float64, with PyTorch's SDPA in
+    bf16 as the baseline."""
+    q, k, v = inputs((2, 256, 8, 128), (2, 256, 2, 128), torch.bfloat16, seed=4)
+    sku = _forward_sku(backend, q, k, v, causal, layout="bshd")
+    assert sku.backend == backend
+    ours = apt.attention(q, k, v, causal=causal, causal_alignment="top_left", sku=sku)
+    heads_first = [x.transpose(1, 2) for x in (q, k, v)]
+    theirs = F.scaled_dot_product_attention(*heads_first, is_causal=causal, enable_gqa=True).transpose(1, 2)
+    want, leaves = exact(*heads_first, is_causal=causal, enable_gqa=True)
+    want = want.transpose(1, 2)
+    eps = EPSILON[q.dtype]
+    assert error(ours, want) <= 2 * error(theirs, want) + eps, (error(ours, want), error(theirs, want))
+    dout = torch.randn_like(ours)
+    grads_ours = torch.autograd.grad(ours, (q, k, v), dout)
+    grads_theirs = torch.autograd.grad(theirs, (q, k, v), dout)
+    grads_want = [g.transpose(1, 2) for g in torch.autograd.grad(want, leaves, dout.double())]
+    for name, a, b, w in zip("qkv", grads_ours, grads_theirs, grads_want):
+        scale = max(1.0, w.abs().max().item())
+        assert error(a, w) <= 2 * error(b, w) + eps * scale, (name, error(a, w), error(b, w))
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
