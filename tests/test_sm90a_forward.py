@@ -721,6 +721,31 @@ def test_varlen_is_gated_until_a_gpu_run_verifies_it(monkeypatch, tmp_path):
     assert explain(desc, "sm_90").of(NAME).accepted
 
 
+def test_bhsd_maps_take_its_strides_and_it_is_gated_until_verified(monkeypatch, tmp_path):
+    """[b, h, s, d] arrays (PyTorch's SDPA layout) become the same (column, row, head, batch) maps with
+    their own strides; the layout is a gated feature, so the planner takes it only once verified."""
+    desc = PLUMBING.replace(layout="bhsd", causal=False)
+    plan, runner = _runner(desc)
+    args = {"q": _host_array((2, 8, 300, 128)), "k": _host_array((2, 2, 517, 128)), "v": _host_array((2, 2, 517, 128))}
+    bound = bind_arguments(desc, args)
+    out = wrap_storage(_host_array((2, 8, 300, 128)), desc.dtype)
+    lse = wrap_storage(np.zeros(lse_shape(desc, 300), np.float32), "f32")
+    block = runner.block(bound, out, lse)
+    calls = {call["address"]: call for call in runner.driver.calls}
+    for tensor, rows, heads in ((bound.q, 300, 8), (bound.k, 517, 2), (out, 300, 8)):
+        call = calls[tensor.ptr]
+        assert call["dims"] == [128, rows, heads, 2]
+        assert call["strides"] == [128 * 2, rows * 128 * 2, heads * rows * 128 * 2]
+    assert (block.q_row_stride, block.q_head_stride, block.q_batch_stride) == (128, 300 * 128, 8 * 300 * 128)
+    monkeypatch.delenv("ATTNPLAN_UNVERIFIED", raising=False)
+    _record_at(monkeypatch, tmp_path, {r: {"features": ["varlen", "paged"]} for r in sm90a.RUNGS})
+    verdict = explain(desc, "sm_90").of(NAME)
+    assert not verdict.accepted and "with bhsd" in verdict.reasons[0], verdict.reasons
+    assert explain(desc, "sm_90", prefer=NAME).of(NAME).accepted
+    _record_at(monkeypatch, tmp_path, {r: {"features": ["varlen", "paged", "bhsd"]} for r in sm90a.RUNGS})
+    assert explain(desc, "sm_90").of(NAME).accepted
+
+
 def test_strides_tma_cannot_address_are_refused_naming_the_array():
     desc = PLUMBING.replace(causal=False)
     plan, runner = _runner(desc)
@@ -882,7 +907,6 @@ DECLINED = {
     "paged_page_12": (dict(paged=PagedKV(12, 32), seqlen_kv=384), "paged.page_size=12: the sm90a forward loads pages by TMA"),
     "bias": (dict(bias=True), "additive bias not supported"),
     "fp8": (dict(dtype="e4m3"), "dtype 'e4m3' not supported"),
-    "bhsd": (dict(layout="bhsd"), "layout 'bhsd' not supported"),
     "head_dim_80": (dict(head_dim=80), "head_dim=80 not supported"),
     "head_dim_v": (dict(head_dim_v=64), "head_dim_v=64 with head_dim=128: the sm90a forward takes head_dim_v == head_dim"),
     "f32": (dict(dtype="f32"), "dtype 'f32' not supported"),

@@ -24,11 +24,12 @@ from attnplan.install_hints import install_hint
 
 
 # The features a verification record may list under "features" (a record without the key verifies them all).
-GATED_FEATURES = ("varlen", "paged")
+GATED_FEATURES = ("varlen", "paged", "bhsd")
 
 
 def used_gated_features(desc: AttentionDescriptor) -> list[str]:
-    return [name for name, used in (("varlen", desc.varlen), ("paged", desc.paged is not None)) if used]
+    return [name for name, used in (("varlen", desc.varlen), ("paged", desc.paged is not None),
+                                    ("bhsd", desc.layout == "bhsd")) if used]
 
 
 class NvrtcBackend(Backend):

@@ -217,6 +217,7 @@ def sm90a_forward_cases(rungs=(None,)) -> list[Case]:
         Case(f, "everything-d64", _d(**EVERYTHING)),                       # d=64: three consumer warpgroups
         Case(f, "everything-d256-f16", _d(**EVERYTHING, head_dim=256, dtype="f16")),
         Case(f, "alibi-d256-causal", _d(head_dim=256, causal=True, alibi=True)),   # wide output with ALiBi: rung tma
+        Case(f, "bhsd-causal-gqa4-d128", _d(layout="bhsd", heads_q=8, heads_kv=2, causal=True, head_dim=128)),
         Case(f, "varlen-causal-gqa4-d128", _d(layout="thd", batch=3, heads_q=8, heads_kv=2, causal=True, head_dim=128)),
         Case(f, "varlen-everything-d64", _d(layout="thd", batch=3, **EVERYTHING)),
         Case(f, "varlen-empty-seqs-d128", _d(layout="thd", batch=4, causal=True, head_dim=128),

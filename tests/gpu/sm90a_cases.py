@@ -100,6 +100,12 @@ def forward_cases() -> list[tuple[str, AttentionDescriptor, str]]:
         ("varlen-many-tiles", _desc(layout="thd", batch=6, seqlen_q=1023, seqlen_kv=1100, heads_q=8, heads_kv=2,
                                     causal=True), "dense"),
     ]
+    # bhsd (PyTorch's SDPA layout): the same kernels through maps of its strides; gated like varlen
+    for head_dim, causal in ((64, True), (128, False), (128, True), (256, True), (96, False)):
+        cases.append((f"bhsd-d{head_dim}-causal{int(causal)}",
+                      _desc(layout="bhsd", seqlen_q=300, seqlen_kv=517, heads_q=8, heads_kv=2, head_dim=head_dim,
+                            causal=causal), "dense"))
+    cases.append(("bhsd-everything", _desc(**{**FEATURE_BASE, "layout": "bhsd", **FEATURES["everything"]}), "dense"))
     # paged KV (the TMA rungs): pages smaller than, equal to and larger than the key tile; gated like
     # varlen; last of all
     cases += [
@@ -135,6 +141,8 @@ def memcheck_cases() -> list[tuple[str, AttentionDescriptor]]:
                                           heads_kv=2, causal=True)),
             ("memcheck-paged16-gqa2", _desc(batch=3, seqlen_q=40, seqlen_kv=150, paged=PagedKV(16, 10), heads_q=4,
                                             heads_kv=2, causal=True)),
+            ("memcheck-bhsd-d64-gqa4", _desc(layout="bhsd", seqlen_q=130, seqlen_kv=200, head_dim=64, heads_q=4,
+                                             heads_kv=1, causal=True)),
             ("memcheck-d256-everything", _desc(seqlen_q=70, seqlen_kv=150, head_dim=256, heads_q=4, heads_kv=2,
                                                **{k: v for k, v in FEATURES["everything"].items()
                                                   if k not in ("heads_q", "heads_kv")}))]

@@ -9,8 +9,10 @@ Forward only, f16 / bf16, head dims 64, 96 (in d=128's tiles, padded), 128, 192 
 equal, or 128 with 192), dense
 bshd, varlen thd and paged KV (pages of a multiple of 8 keys), every mask feature (causal either
 alignment, sliding window, sink tokens), softcap, ALiBi, sink logits, GQA / MQA and the LSE.
-Declined, with the planner's reasons: the backward pass, dropout, an additive bias, fp8, the bhsd
-layout, page sizes no key tile fits, paged KV under rung wgmma.
+The bhsd layout (what PyTorch's SDPA passes) takes the same kernels through maps of its strides
+(tma.py LAYOUT_DIMS); gated as a layout feature until a GPU run verifies it.
+Declined, with the planner's reasons: the backward pass, dropout, an additive bias, fp8, page sizes
+no key tile fits, paged KV under rung wgmma.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ GENERATION = Generation(
     name="sm90a",
     capabilities=Capabilities(
         devices=frozenset({"cuda"}), min_arch=90, max_arch=90, dtypes=frozenset({"f16", "bf16"}),
-        backward_dtypes=frozenset(), layouts=frozenset({"bshd", "thd"}), head_dims=frozenset(tiles.HEAD_DIMS),
+        backward_dtypes=frozenset(), layouts=frozenset({"bshd", "bhsd", "thd"}), head_dims=frozenset(tiles.HEAD_DIMS),
         head_dim_v_differs=True, directions=frozenset({"forward"}), dropout=False, dropout_in_backward=False,
         varlen=True, paged=True, paged_backward=False, bias=False, deterministic_backward=False,
     ),
