@@ -80,3 +80,15 @@ def test_compile_error_carries_the_log_and_the_key():
         compiler.compile_source(compiler.source_for(key) + "\nthis is not C++;\n", key.name, compiler.options_for(key))
     message = str(info.value)
     assert key.name in message and "error" in message.lower()
+
+
+def test_keys_for_takes_at_most_limit_descriptors_per_generation():
+    descs = [AttentionDescriptor(batch=1, seqlen_q=64, seqlen_kv=64, heads_q=1, heads_kv=1, head_dim=d, dtype="bf16",
+                                 causal=causal) for d in (64, 128) for causal in (False, True)]
+    every = keys_for(descs, 90)
+    first = keys_for(descs, 90, limit=1)
+    per_generation = {}
+    for key in first:
+        per_generation[key.generation] = per_generation.get(key.generation, 0) + 1
+    assert set(per_generation) == {k.generation for k in every} and set(per_generation.values()) == {1}
+    assert {k.name for k in first} == {k.name for k in keys_for(descs[:1], 90)}

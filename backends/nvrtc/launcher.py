@@ -10,6 +10,9 @@ import ctypes
 
 import attrs
 
+# The CUDA limit on gridDim.y and gridDim.z (gridDim.x takes 2^31 - 1).
+GRID_YZ_MAX = 65535
+
 
 @attrs.frozen(eq=False)
 class LoadedKernel:

@@ -22,14 +22,20 @@ def _compile(key: DispatchKey) -> tuple[str, bool]:
     return key.name, cached
 
 
-def keys_for(descriptors, arch: int) -> list[DispatchKey]:
+def keys_for(descriptors, arch: int, limit: int | None = None) -> list[DispatchKey]:
     """The distinct dispatch keys the generations of GENERATIONS would build for `descriptors` on
-    sm_`arch` (each descriptor by every generation that takes it)."""
+    sm_`arch` (each descriptor by every generation that takes it; with `limit`, only the first `limit`
+    descriptors each generation takes)."""
     from attnplan.capabilities import capability_reasons
     device, keys = Device.cuda(arch=arch), {}
+    descriptors = list(descriptors)
     for backend in backends():
+        taken = 0
         for desc in descriptors:
+            if limit is not None and taken >= limit:
+                break
             if not capability_reasons(backend.capabilities, desc, device) and not backend.reasons(desc, device):
+                taken += 1
                 key = backend.dispatch_key(desc, device)
                 keys[key.name] = key
     return list(keys.values())

@@ -51,24 +51,13 @@ def summary(desc, args) -> str:
     return f"{desc!r} {json.dumps(shown)}" if shown else repr(desc)
 
 
-def warm(numbers, device, target: int, workers: int) -> int:
+def warm(numbers, arch: int, target: int, workers: int) -> int:
     """Compile, in parallel, the kernels that draws `numbers` will run (each nvrtc generation until
     it has `target` draws, as `record` stops it); the number that failed to compile."""
-    from attnplan.backends.nvrtc.backend import backends
-    from attnplan.backends.nvrtc.warmup import compile_all
-    from attnplan.capabilities import capability_reasons
-    counts, keys = {}, {}
-    for number in numbers:
-        desc = draw(number)[0]
-        for backend in backends():
-            if counts.get(backend.name, 0) >= target:
-                continue
-            if not capability_reasons(backend.capabilities, desc, device) and not backend.reasons(desc, device):
-                counts[backend.name] = counts.get(backend.name, 0) + 1
-                key = backend.dispatch_key(desc, device)
-                keys[key.name] = key
-    print(f"warming {len(keys)} kernels for {counts}", flush=True)
-    return compile_all(list(keys.values()), workers=workers)
+    from attnplan.backends.nvrtc.warmup import compile_all, keys_for
+    keys = keys_for((draw(n)[0] for n in numbers), arch, limit=target)
+    print(f"warming {len(keys)} kernels", flush=True)
+    return compile_all(keys, workers=workers)
 
 
 def record(target: int, budget: float, device, log, only=None, start: int = 0) -> dict:
@@ -134,7 +123,7 @@ def main() -> int:
     parser.add_argument("--backends", default=None, help="comma-separated: run only these backends")
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: every core)")
     options = parser.parse_args()
-    from attnplan.device import Device, default_device
+    from attnplan.device import default_device
     if options.keys:
         from attnplan.backends.nvrtc.warmup import keys_for
         keys = keys_for([draw(n)[0] for n in range(options.keys)], 90)
@@ -151,7 +140,7 @@ def main() -> int:
         return 0
     only = set(options.backends.split(",")) if options.backends else None
     if only is None or any(name.startswith("nvrtc") for name in only):
-        warm(range(options.warm_draws), Device.cuda(arch=device.arch), options.cases, options.workers)
+        warm(range(options.warm_draws), device.arch, options.cases, options.workers)
     results = record(options.cases, options.budget, device, sys.stdout, only, options.start)
     name = f"{device.name} (cc {device.arch // 10}.{device.arch % 10})" if hasattr(device, "name") else str(device)
     document = {"device": name, "date": datetime.date.today().isoformat(), "versions": versions(),

@@ -63,6 +63,20 @@ def poisoned_outputs(desc, args):
     return out, lse
 
 
+def plan_or_skip(desc, backend: str, device=None) -> Plan:
+    """`backend`'s plan for `desc` on the GPU (or `device`); a skip with the backend's reasons where it
+    declines (a decline is never a pass)."""
+    from attnplan.errors import NoPlanError
+    import pytest
+    device = device or default_device()
+    if device.kind != "cuda":
+        pytest.skip("needs a GPU")
+    try:
+        return Plan.select(desc, device, prefer=backend, restrict=True)
+    except NoPlanError as exc:
+        pytest.skip(f"{backend} declines: {exc.verdicts.of(backend).reasons}")
+
+
 def check_forward(desc, backend: str, seed: int = 0):
     """Run `backend` on fresh random inputs with poisoned outputs; assert the tolerance rule for
     out and LSE against the float64 reference.  Returns the errors for reporting."""

@@ -14,12 +14,11 @@ import importlib.util
 import numpy as np
 import pytest
 
-from attnplan import AttentionDescriptor, Plan
+from attnplan import AttentionDescriptor
 from attnplan.accuracy import host_f64
 from attnplan.device import default_device
-from attnplan.errors import NoPlanError
 from attnplan.problems import random_inputs
-from support import _storage, backward_inputs, poisoned_outputs
+from support import _storage, backward_inputs, plan_or_skip, poisoned_outputs
 
 pytestmark = pytest.mark.gpu
 
@@ -57,12 +56,7 @@ def _descriptor(case: str, direction: str) -> AttentionDescriptor:
 
 def _plan(desc, backend):
     device = default_device()
-    if device.kind != "cuda":
-        pytest.skip("needs a GPU")
-    try:
-        plan = Plan.select(desc, device, prefer=backend, restrict=True)
-    except NoPlanError as exc:
-        pytest.skip(f"{backend} declines: {exc.verdicts.of(backend).reasons}")
+    plan = plan_or_skip(desc, backend, device)
     assert plan.sku.precision.deterministic, (plan.sku.backend, plan.sku.kernel, "accepts deterministic=True but "
                                               "its SKU does not promise it", plan.sku.precision)
     return plan, device

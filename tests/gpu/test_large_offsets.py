@@ -21,14 +21,14 @@ import gc
 import numpy as np
 import pytest
 
-from attnplan import AttentionDescriptor, PagedKV, Plan
+from attnplan import AttentionDescriptor, PagedKV
 from attnplan.accuracy import max_abs_error, within_tolerance
 from attnplan.device import default_device
-from attnplan.errors import InvalidArguments, NoPlanError
+from attnplan.errors import InvalidArguments
 from attnplan.interop import as_tensor, wrap_storage
 from attnplan.problems import random_inputs
 from support import (EPSILON, GRADIENTS, LSE_EPSILON, _storage, backward_inputs, expanded_group_errors,
-                     poisoned_outputs, reference_backward, reference_forward)
+                     plan_or_skip, poisoned_outputs, reference_backward, reference_forward)
 
 pytestmark = pytest.mark.gpu
 
@@ -75,10 +75,7 @@ def _require(nbytes: int) -> None:
 
 
 def _plan(desc, backend):
-    try:
-        return Plan.select(desc, default_device(), prefer=backend, restrict=True)
-    except NoPlanError as exc:
-        pytest.skip(f"{backend} declines: {exc.verdicts.of(backend).reasons}")
+    return plan_or_skip(desc, backend)
 
 
 def _run(plan, backend, **args):

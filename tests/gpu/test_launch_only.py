@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attnplan import AttentionDescriptor, PagedKV, Plan
+from attnplan import AttentionDescriptor, PagedKV
 from attnplan.device import default_device
-from attnplan.errors import InvalidArguments, NoPlanError
+from attnplan.errors import InvalidArguments
 from attnplan.problems import random_inputs
-from support import poisoned_outputs
+from support import plan_or_skip, poisoned_outputs
 
 pytestmark = pytest.mark.gpu
 
@@ -25,13 +25,7 @@ DENSE = AttentionDescriptor(batch=2, seqlen_q=300, seqlen_kv=300, heads_q=4, hea
 
 
 def _plan(desc, backend):
-    device = default_device()
-    if device.kind != "cuda":
-        pytest.skip("needs a GPU")
-    try:
-        return Plan.select(desc, device, prefer=backend, restrict=True), device
-    except NoPlanError as exc:
-        pytest.skip(f"{backend} declines: {exc.verdicts.of(backend).reasons}")
+    return plan_or_skip(desc, backend), default_device()
 
 
 def _bits(t):

@@ -24,12 +24,11 @@ from attnplan.accuracy import host_f64, max_abs_error, within_tolerance
 from attnplan.arguments import lse_shape
 from attnplan.device import Device, default_device
 from attnplan.dtypes import HOST_DTYPES, lse_dtype
-from attnplan.errors import NoPlanError
 from attnplan.masking import visible
 from attnplan.problems import _to_device, random_inputs
 from attnplan.sequences import q_view, spans
-from support import (EPSILON, LSE_EPSILON, _storage, check_backward, forward_descriptor, reference_forward,
-                     run_backward_poisoned)
+from support import (EPSILON, LSE_EPSILON, _storage, check_backward, forward_descriptor, plan_or_skip,
+                     reference_forward, run_backward_poisoned)
 
 pytestmark = pytest.mark.gpu
 
@@ -56,10 +55,7 @@ def _gpu() -> Device:
 
 
 def _plan(desc, backend, device) -> Plan:
-    try:
-        return Plan.select(desc, device, prefer=backend, restrict=True)
-    except NoPlanError as exc:
-        pytest.skip(f"{backend} declines: {exc.verdicts.of(backend).reasons}")
+    return plan_or_skip(desc, backend, device)
 
 
 def _xp(device):

@@ -11,6 +11,7 @@ from attnplan.descriptor import AttentionDescriptor
 
 from ..dispatch import DispatchKey, TileConfig
 from ..generation import Generation, Module
+from ..launcher import GRID_YZ_MAX
 from ..params import STANDARD
 from . import tiles
 from .runners import BackwardRunner, ForwardRunner, backward_entry_points, forward_entry_points, workspace_size
@@ -20,11 +21,8 @@ def _tile(cfg: dict) -> TileConfig:
     return TileConfig(cfg["block_m"], cfg["block_n"], cfg["num_warps"])
 
 
-# The CUDA limit on gridDim.y and gridDim.z: the sm80 grids are (tiles, heads, batch).
-GRID_YZ_MAX = 65535
-
-
 def _choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileConfig:
+    # the grids are (tiles, heads, batch)
     for name, value in (("batch", desc.batch), ("heads_q", desc.heads_q)):
         if value > GRID_YZ_MAX:
             raise ValueError(f"{name}={value}: the sm80 grids put it on a grid dimension of at most {GRID_YZ_MAX}")

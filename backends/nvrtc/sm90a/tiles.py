@@ -21,6 +21,7 @@ from typing import Optional
 from attnplan.descriptor import AttentionDescriptor
 
 from ..dispatch import TileConfig
+from ..launcher import GRID_YZ_MAX
 
 SMEM_LIMIT = 227 * 1024             # dynamic shared memory a block may have on sm_90
 WARPGROUP_THREADS = 128
@@ -170,7 +171,7 @@ def choose_tiles(desc: AttentionDescriptor, arch: int, rung: str = "") -> TileCo
             block_n = paged_block_n(block_n, desc.paged.page_size)
     tiles = TileConfig(block_m, block_n, num_warps(block_m, rung))
     query_tiles = math.ceil(desc.seqlen_q / block_m)
-    if query_tiles > GRID_YZ_MAX and rung not in ("persistent", "pingpong_persistent"):
+    if query_tiles > GRID_YZ_MAX and rung not in PERSISTENT_RUNGS:
         raise ValueError(f"seqlen_q={desc.seqlen_q}: {query_tiles} query tiles of {block_m} rows, more than gridDim.y "
                          f"takes ({GRID_YZ_MAX})")
     if named:
@@ -259,8 +260,6 @@ def check_variant(tiles: TileConfig, stages: int, rung: str) -> None:
         raise ValueError(f"sm90a rung {rung!r} holds K_k and V_(k-1) at once: stages must be 2 or more, not {stages}")
 
 
-# The CUDA limit on gridDim.y and gridDim.z.
-GRID_YZ_MAX = 65535
 # A wave's K and V stay within this much L2 (kernels/sm90a/fwd_config.cuh kWaveL2Bytes): half the
 # H100 / H200's 50 MB, so that the wave's tiles and what other traffic there is fit together.
 WAVE_L2_BYTES = 24 << 20
